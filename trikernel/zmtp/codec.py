@@ -51,7 +51,7 @@ from .events import (
     Subscribe,
 )
 
-__all__ = ["Connection", "NEED_DATA", "State", "VALID_PEERS", "GREETING_SIZE"]
+__all__ = ["Connection", "NEED_DATA", "encode_frames", "State", "VALID_PEERS", "GREETING_SIZE"]
 
 
 class _NeedData:
@@ -110,6 +110,15 @@ def _frame(flags: int, body: bytes) -> bytes:
     if size > 255:
         return _LONG_SIZE.pack(flags | _LONG, size) + body
     return _SHORT_SIZE.pack(flags, size) + body
+
+
+def encode_frames(frames: list[bytes]) -> bytes:
+    """Wire bytes of a multipart message; independent of any connection's state,
+    so a publisher encodes once for all its subscribers."""
+    if not frames:
+        raise LocalProtocolError("a message has at least one frame")
+    last = len(frames) - 1
+    return b"".join([_frame(_MORE if i < last else 0, f) for i, f in enumerate(frames)])
 
 
 def _command(name: bytes, data: bytes = b"") -> bytes:
@@ -218,10 +227,7 @@ class Connection:
         """Bytes for a multipart message (the hot path: no event object needed)."""
         if self.state is not State.TRAFFIC:
             raise LocalProtocolError(f"cannot send a message in state {self.state.name}")
-        if not frames:
-            raise LocalProtocolError("a message has at least one frame")
-        last = len(frames) - 1
-        return b"".join([_frame(_MORE if i < last else 0, f) for i, f in enumerate(frames)])
+        return encode_frames(frames)
 
     def _send_subscription(self, event: Subscribe | Cancel) -> bytes:
         if self.state is not State.TRAFFIC:
@@ -322,7 +328,9 @@ class Connection:
 
     def _check_size(self, flags: int, size: int) -> None:
         if flags & _COMMAND and size > _MAX_COMMAND_SIZE:
-            raise RemoteProtocolError(f"command of {size} bytes is too large", hint="command too large")
+            raise RemoteProtocolError(
+                f"command of {size} bytes is too large", hint="command too large"
+            )
         if size > self.max_frame_size:
             raise RemoteProtocolError(
                 f"frame of {size} bytes exceeds the limit of {self.max_frame_size}",
