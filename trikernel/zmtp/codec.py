@@ -239,7 +239,7 @@ class Connection:
 
     # ---- receiving -----------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed received bytes; ``b""`` means the peer closed its side."""
         if data:
             if self._eof:
@@ -268,6 +268,7 @@ class Connection:
 
     def _next_event(self) -> Event | _NeedData:
         while self.state is not State.CLOSED:
+            result: Event | object | None
             if self.state is State.GREETING:
                 result = self._read_greeting()
             else:
@@ -278,7 +279,7 @@ class Connection:
                     return ConnectionClosed()
                 return NEED_DATA
             if result is not _CONSUMED:
-                return result
+                return result  # type: ignore[return-value]
         return NEED_DATA
 
     def _read_greeting(self) -> Greeting | None:
