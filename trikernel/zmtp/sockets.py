@@ -78,6 +78,7 @@ class Peer:
         self.subscriptions: Counter[bytes] = Counter()
         self.dropped = 0
         self.cancel_scope = trio.CancelScope()
+        self.writing = False
         self._queue_send, self._queue_receive = trio.open_memory_channel[bytes](hwm)
 
     def __repr__(self) -> str:
@@ -115,7 +116,13 @@ class Peer:
                         break
                     batch.append(more)
                     size += len(more)
+                self.writing = True
                 await self.stream.send_all(data if len(batch) == 1 else b"".join(batch))
+                self.writing = False
+
+    @property
+    def flushed(self) -> bool:
+        return not self.writing and self._queue_send.statistics().current_buffer_used == 0
 
     def close_queue(self) -> None:
         self._queue_send.close()
@@ -198,6 +205,15 @@ class _Socket:
         stream = await connect(parse_url(url))
         peer: Peer = await self._tasks.start(self._run_peer, stream, True)
         return peer
+
+    async def flush(self, timeout: float = 1.0) -> bool:
+        """Wait (at most ``timeout``) until every peer's queue is written out, like
+        ZMQ_LINGER before a close. True if everything was flushed."""
+        with trio.move_on_after(timeout):
+            while not all(peer.flushed for peer in self.peers):
+                await trio.sleep(0.005)
+            return True
+        return False
 
     def statistics(self) -> SocketStatistics:
         return SocketStatistics(

@@ -1,0 +1,32 @@
+"""trikernel: a Jupyter kernel for Python on trio.
+
+Public surface: ``open_kernel`` / ``serve_kernel`` to embed a kernel in a trio
+application, ``Kernel`` for the standalone kernel, ``__version__``.
+"""
+
+from ._version import __version__ as __version__
+from .connection import ConnectionInfo as ConnectionInfo
+from .errors import TrikernelError as TrikernelError
+
+__all__ = [
+    "__version__",
+    "ConnectionInfo",
+    "TrikernelError",
+    "open_kernel",
+    "serve_kernel",
+    "Kernel",
+]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy: the evaluator subprocess imports this package and must not pay for the
+    # kernel's modules.
+    if name in ("open_kernel", "serve_kernel"):
+        from . import embed
+
+        return getattr(embed, name)
+    if name == "Kernel":
+        from .kernel import Kernel
+
+        return Kernel
+    raise AttributeError(f"module 'trikernel' has no attribute {name!r}")

@@ -1,0 +1,60 @@
+"""Run a standalone kernel: from a connection file (what Jupyter launches), or
+with a fresh one written to the Jupyter runtime dir."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from .connection import (
+    ConnectionInfo,
+    default_runtime_dir,
+    new_connection_info,
+    read_connection_file,
+    write_connection_file,
+)
+from .kernel import Kernel
+
+log = logging.getLogger("trikernel")
+
+
+def run_kernel(connection_file: str | None, *, ip: str = "127.0.0.1") -> int:
+    """Serve until shutdown; returns the exit status."""
+    if connection_file is not None:
+        info = read_connection_file(connection_file)
+        path = Path(connection_file)
+        announce = False
+    else:
+        info = new_connection_info(ip=ip)
+        path = Path(default_runtime_dir()) / f"kernel-trikernel-{os.getpid()}.json"
+        announce = True
+    parent = os.environ.get("JPY_PARENT_PID")
+    kernel = Kernel(
+        info, handle_signals=True, parent_pid=int(parent) if parent and parent.isdigit() else None
+    )
+    try:
+        trio.run(_serve, kernel, path, info, announce)
+    finally:
+        if announce:
+            path.unlink(missing_ok=True)
+    return 0
+
+
+async def _serve(kernel: Kernel, path: Path, requested: ConnectionInfo, announce: bool) -> None:
+    async with trio.open_nursery() as nursery:
+        info: ConnectionInfo = await nursery.start(kernel.run)
+        if info != requested or announce:
+            # Port 0 was resolved to real ports: write them back for the client.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_connection_file(path, info)
+        if announce:
+            print(
+                f"trikernel is running. To attach:\n    jupyter console --existing {path}",
+                file=sys.stderr,
+                flush=True,
+            )
+        log.info("kernel %s serving %s", kernel.session, path)
