@@ -63,6 +63,7 @@ class KernelClient:
         self.input_handler: InputHandler | None = None
         self.iopub_log: list[Message] = []
         self._replies: dict[str, trio.MemorySendChannel[Message]] = {}
+        self._pending: dict[str, trio.MemoryReceiveChannel[Message]] = {}
         self._outputs: dict[str, list[Message]] = defaultdict(list)
         self._idle: dict[str, trio.Event] = defaultdict(trio.Event)
         self._iopub_seen = trio.Event()
@@ -192,12 +193,24 @@ class KernelClient:
         return ExecuteResult(reply, self._outputs.pop(msg.msg_id, []))
 
     async def submit(self, code: str, **content: Any) -> Message:
-        """Send an execute_request without waiting (for interrupt and queue tests)."""
+        """Send an execute_request without waiting; ``await reply_to(msg.msg_id)`` later."""
         body = {"code": code, "silent": False, "store_history": True, "user_expressions": {}}
         body.update(
             {"allow_stdin": self.input_handler is not None, "stop_on_error": True}, **content
         )
-        return await self._send(self.shell, "execute_request", body)
+        send, receive = trio.open_memory_channel[Message](1)
+        msg = Message(new_header("execute_request", self.session), {}, {}, body)
+        self._replies[msg.msg_id] = send
+        self._pending[msg.msg_id] = receive
+        await self.shell.send(serialize(msg, self.signer))
+        return msg
+
+    async def reply_to(self, msg_id: str, *, timeout: float = 30) -> Message:
+        """The reply to a request sent with ``submit``."""
+        with trio.fail_after(timeout):
+            reply = await self._pending[msg_id].receive()
+        del self._pending[msg_id]
+        return reply
 
     async def kernel_info(self, *, timeout: float = 30) -> Message:
         return await self.request("kernel_info_request", timeout=timeout)
