@@ -35,7 +35,7 @@ from .connection import ConnectionInfo
 from .errors import LocalProtocolError, RemoteProtocolError
 from .handlers import CONTROL_HANDLERS, SHELL_HANDLERS, Handler
 from .messages import Message, ReplayGuard, Signer, new_header, new_id, parse, serialize
-from .zmtp.sockets import Peer, PubSocket, RepSocket, RouterSocket
+from .zmtp.sockets import Peer, PubSocket, RepSocket, RouterSocket, _Socket
 
 if TYPE_CHECKING:
     from .bridge import Evaluator, InputCallback, OutputCallback
@@ -93,21 +93,21 @@ class Kernel:
     # ---- lifecycle -----------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        sockets = {
-            "shell": RouterSocket(**self._limits),
-            "control": RouterSocket(**self._limits),
-            "stdin": RouterSocket(**self._limits),
-            "iopub": PubSocket(
-                on_subscribe=self._welcome, max_frame_size=1 << 16, max_message_size=1 << 16
-            ),
-            "hb": RepSocket(max_frame_size=1 << 16, max_message_size=1 << 16),
+        self.shell = RouterSocket(**self._limits)
+        self.control = RouterSocket(**self._limits)
+        self.stdin = RouterSocket(**self._limits)
+        small: dict[str, Any] = dict(
+            max_frame_size=1 << 16, max_message_size=1 << 16
+        )  # pings, subscriptions
+        self.iopub = PubSocket(on_subscribe=self._welcome, **small)
+        self.hb = RepSocket(**small)
+        sockets: dict[str, _Socket] = {
+            "shell": self.shell,
+            "control": self.control,
+            "stdin": self.stdin,
+            "iopub": self.iopub,
+            "hb": self.hb,
         }
-        self.shell, self.control, self.stdin = (
-            sockets["shell"],
-            sockets["control"],
-            sockets["stdin"],
-        )
-        self.iopub, self.hb = sockets["iopub"], sockets["hb"]
         async with self.shell, self.control, self.stdin, self.iopub, self.hb:
             ports = {}
             for name in _CHANNELS:

@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import trio
 
@@ -165,7 +165,7 @@ class _Socket:
 
     # ---- lifecycle -----------------------------------------------------
 
-    async def __aenter__(self) -> _Socket:
+    async def __aenter__(self) -> Self:
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         return self
