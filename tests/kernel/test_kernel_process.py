@@ -1,0 +1,226 @@
+"""The kernel as a separate process, driven by jupyter_client (KernelManager from the
+installed kernelspec, BlockingKernelClient), nbclient and jupyter_console.
+
+Rules: every blocking call has a timeout; each test shuts its kernel down in a
+finally and checks (where it matters) that no process of the tree survives.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import nbformat
+import pexpect
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+from .conftest import KERNEL_NAME, alive, process_tree
+
+TIMEOUT = 20
+
+
+@pytest.fixture
+def km() -> Iterator[KernelManager]:
+    manager = KernelManager(kernel_name=KERNEL_NAME)
+    manager.start_kernel()
+    try:
+        yield manager
+    finally:
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kc(km: KernelManager) -> Iterator[BlockingKernelClient]:
+    client = km.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=TIMEOUT)
+        yield client
+    finally:
+        client.stop_channels()
+
+
+def run(kc: BlockingKernelClient, code: str, **kwargs: object) -> tuple[dict, list[dict]]:
+    outputs: list[dict] = []
+    reply = kc.execute_interactive(code, timeout=TIMEOUT, output_hook=outputs.append, **kwargs)
+    return reply, outputs
+
+
+def stdout(outputs: list[dict]) -> str:
+    return "".join(
+        m["content"]["text"]
+        for m in outputs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+    )
+
+
+def test_execute_stream_result_and_error(kc: BlockingKernelClient) -> None:
+    reply, outputs = run(kc, "print('hi'); 1 + 1")
+    assert reply["content"]["status"] == "ok"
+    assert stdout(outputs) == "hi\n"
+    results = [
+        m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "execute_result"
+    ]
+    assert results == ["2"]
+    reply, outputs = run(kc, "1/0")
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "ZeroDivisionError"
+    assert [m["content"]["ename"] for m in outputs if m["msg_type"] == "error"] == [
+        "ZeroDivisionError"
+    ]
+
+
+def test_idle_never_overtakes_output(kc: BlockingKernelClient) -> None:
+    reply, outputs = run(kc, "for i in range(2000): print(i)")
+    assert reply["content"]["status"] == "ok"
+    assert stdout(outputs).split() == [str(i) for i in range(2000)]
+
+
+def test_output_before_a_blocking_call_arrives_quickly(kc: BlockingKernelClient) -> None:
+    kc.execute("print('early', flush=False); import time; time.sleep(3)")
+    start = time.monotonic()
+    while True:
+        msg = kc.get_iopub_msg(timeout=TIMEOUT)
+        if msg["msg_type"] == "stream":
+            break
+    latency = time.monotonic() - start
+    assert msg["content"]["text"] == "early\n"
+    assert latency < 1.0  # well before the 3 s sleep ends (target: 200 ms)
+
+
+def test_stdin_round_trip_and_password(kc: BlockingKernelClient) -> None:
+    prompts: list[tuple[str, bool]] = []
+
+    def answer(msg: dict) -> None:
+        prompts.append((msg["content"]["prompt"], msg["content"]["password"]))
+        kc.input("secret" if msg["content"]["password"] else "alice")
+
+    code = "import getpass\nname = input('name? ')\npw = getpass.getpass('pw? ')\nprint(name, pw)"
+    reply, outputs = run(kc, code, allow_stdin=True, stdin_hook=answer)
+    assert reply["content"]["status"] == "ok"
+    assert stdout(outputs).strip().endswith("alice secret")
+    assert prompts == [("name? ", False), ("pw? ", True)]
+
+
+def test_input_without_stdin_is_a_clear_error(kc: BlockingKernelClient) -> None:
+    reply, _ = run(kc, "input('x')", allow_stdin=False)
+    assert reply["content"]["status"] == "error"
+    assert (
+        "StdinNotImplemented" in reply["content"]["ename"]
+        or "stdin" in reply["content"]["evalue"].lower()
+    )
+
+
+def test_interrupt_message_mode_keeps_namespace(
+    km: KernelManager, kc: BlockingKernelClient
+) -> None:
+    run(kc, "x = 41")
+    msg_id = kc.execute("import time; time.sleep(60)")
+    time.sleep(1)
+    start = time.monotonic()
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=TIMEOUT)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert time.monotonic() - start < 5
+    reply, outputs = run(kc, "x + 1")
+    assert [
+        m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "execute_result"
+    ] == ["42"]
+
+
+def test_sigint_to_the_process_group_interrupts(
+    km: KernelManager, kc: BlockingKernelClient
+) -> None:
+    # Signal mode, as jupyter_client does it: killpg(SIGINT) reaches the kernel process.
+    msg_id = kc.execute("import time; time.sleep(60)")
+    time.sleep(1)
+    assert km.provisioner is not None
+    os.killpg(os.getpgid(km.provisioner.process.pid), signal.SIGINT)
+    reply = kc.get_shell_msg(timeout=TIMEOUT)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert km.is_alive()
+    assert run(kc, "1")[0]["content"]["status"] == "ok"
+
+
+def test_restart_gives_a_fresh_namespace(km: KernelManager, kc: BlockingKernelClient) -> None:
+    run(kc, "marker = 'before restart'")
+    km.restart_kernel(now=False)
+    kc.wait_for_ready(timeout=TIMEOUT)
+    reply, _ = run(kc, "marker")
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "NameError"
+
+
+def test_shutdown_leaves_no_process_behind(km: KernelManager, kc: BlockingKernelClient) -> None:
+    assert km.provisioner is not None
+    tree = process_tree(km.provisioner.process.pid)
+    assert len(tree) >= 2  # the kernel and its evaluator
+    km.shutdown_kernel(now=False)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in tree if alive(p)] == []
+
+
+def test_nbclient_runs_a_notebook() -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("print('from a notebook')"),
+        nbformat.v4.new_code_cell(
+            "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2, 3])\nplt.show()"
+        ),
+        nbformat.v4.new_code_cell("6 * 7"),
+        nbformat.v4.new_code_cell("raise ValueError('allowed')"),
+    ]
+    NotebookClient(nb, kernel_name=KERNEL_NAME, timeout=60, allow_errors=True).execute()
+    first, figure, result, error = (cell.outputs for cell in nb.cells)
+    assert first[0]["text"] == "from a notebook\n"
+    assert any("image/png" in out.get("data", {}) for out in figure)
+    assert result[0]["data"]["text/plain"] == "42"
+    assert error[0]["ename"] == "ValueError"
+
+
+def test_jupyter_console_in_a_terminal() -> None:
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "jupyter_console", f"--kernel={KERNEL_NAME}", "--simple-prompt"],
+        env={**os.environ, "TERM": "dumb"},
+        encoding="utf-8",
+        timeout=60,
+    )
+    try:
+        child.expect(r"In \[1\]: ")
+        child.sendline("1+1")
+        child.expect(r"Out\[1\]: 2")
+        child.expect(r"In \[2\]: ")
+        child.sendline("print('got', input('who? '))")
+        child.expect("who\\? ")
+        child.sendline("bob")
+        child.expect("got bob")
+        child.expect(r"In \[3\]: ")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+
+
+def test_no_zmq_at_run_time() -> None:
+    requires = importlib.metadata.requires("trikernel") or []
+    runtime = [r for r in requires if "extra ==" not in r]
+    assert not any("zmq" in r.lower() for r in runtime), runtime
+    code = "import sys, trikernel.kernel, trikernel.launch, trikernel.client; print(sorted(m for m in sys.modules if 'zmq' in m))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
