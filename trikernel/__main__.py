@@ -15,6 +15,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ip", default="127.0.0.1", help="address to bind without -f")
     parser.add_argument("--selftest", action="store_true", help="start a kernel, drive it, report")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept a connection file with an empty key (insecure)",
+    )
     parser.add_argument("--debug", action="store_true", help="log debug messages to stderr")
     return parser
 
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return selftest_main()
     from .launch import run_kernel
 
-    return run_kernel(args.connection_file, ip=args.ip)
+    return run_kernel(args.connection_file, ip=args.ip, allow_unsigned=args.allow_unsigned)
 
 
 if __name__ == "__main__":

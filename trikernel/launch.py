@@ -17,15 +17,31 @@ from .connection import (
     read_connection_file,
     write_connection_file,
 )
+from .errors import ConnectionFileError
 from .kernel import Kernel
 
 log = logging.getLogger("trikernel")
 
 
-def run_kernel(connection_file: str | None, *, ip: str = "127.0.0.1") -> int:
+def run_kernel(
+    connection_file: str | None, *, ip: str = "127.0.0.1", allow_unsigned: bool = False
+) -> int:
     """Serve until shutdown; returns the exit status."""
     if connection_file is not None:
-        info = read_connection_file(connection_file)
+        try:
+            info = read_connection_file(connection_file)
+        except ConnectionFileError as exc:
+            print(f"trikernel: {exc}", file=sys.stderr)
+            return 2
+        if not info.key:
+            if not allow_unsigned:
+                print(
+                    "trikernel: the connection file has an empty key, so anyone who can reach the "
+                    "ports could run code. Refusing to start; pass --allow-unsigned to accept this.",
+                    file=sys.stderr,
+                )
+                return 2
+            log.warning("running WITHOUT message signing (empty key, --allow-unsigned)")
         path = Path(connection_file)
         announce = False
     else:
