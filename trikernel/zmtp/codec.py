@@ -219,7 +219,8 @@ class Connection:
         if isinstance(event, Pong):
             return _command(b"PONG", event.context)
         if isinstance(event, Error):
-            self.state = State.CLOSED
+            if self.state is not State.ERROR:  # after a remote error we stay in ERROR
+                self.state = State.CLOSED
             return _command(b"ERROR", bytes([len(event.reason[:255])]) + event.reason[:255])
         raise LocalProtocolError(f"cannot send {type(event).__name__}")
 
@@ -233,7 +234,7 @@ class Connection:
         if self.state is not State.TRAFFIC:
             raise LocalProtocolError("subscribe only after the handshake")
         subscribe = isinstance(event, Subscribe)
-        if self.peer_minor == 0:  # 3.0 peer: the message form
+        if min(self.minor, self.peer_minor or 0) == 0:  # 3.0 on either side: the message form
             return _frame(0, (b"\x01" if subscribe else b"\x00") + event.topic)
         return _command(b"SUBSCRIBE" if subscribe else b"CANCEL", event.topic)
 
