@@ -1,0 +1,175 @@
+"""Byte-level tests of the evaluator pipe framing: whole, byte by byte, with
+trailing data, arbitrary chunking (hypothesis), and hostile input."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trikernel.errors import LocalProtocolError, RemoteProtocolError
+from trikernel.evaluator.protocol import (
+    CLOSED,
+    KINDS,
+    NEED_DATA,
+    OUTPUT,
+    REPLY,
+    Frame,
+    FrameDecoder,
+    encode_frame,
+)
+
+CASES = [
+    Frame("shutdown"),
+    Frame(REPLY, {"id": 3, "content": {"status": "ok", "execution_count": 1}}),
+    Frame(OUTPUT, {"msg_type": "stream", "content": {"name": "stdout", "text": "é\n" * 100}}),
+    Frame("comm", {"msg_type": "comm_msg"}, (b"", b"\x00\xff" * 1000, b"x")),
+]
+
+
+def decode_all(decoder: FrameDecoder) -> list[Frame]:
+    frames = []
+    while isinstance(frame := decoder.next_frame(), Frame):
+        frames.append(frame)
+    return frames
+
+
+@pytest.mark.parametrize("frame", CASES)
+def test_whole(frame: Frame) -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(frame))
+    assert decoder.next_frame() == frame
+    assert decoder.next_frame() is NEED_DATA
+
+
+@pytest.mark.parametrize("frame", CASES)
+def test_byte_by_byte(frame: Frame) -> None:
+    decoder = FrameDecoder()
+    data = encode_frame(frame)
+    for i in range(len(data) - 1):
+        decoder.receive_data(data[i : i + 1])
+        assert decoder.next_frame() is NEED_DATA
+    decoder.receive_data(data[-1:])
+    assert decoder.next_frame() == frame
+
+
+@pytest.mark.parametrize("frame", CASES)
+def test_trailing_data(frame: Frame) -> None:
+    decoder = FrameDecoder()
+    data = encode_frame(frame)
+    decoder.receive_data(data + data[:5])
+    assert decoder.next_frame() == frame
+    assert decoder.next_frame() is NEED_DATA
+    decoder.receive_data(data[5:])
+    assert decoder.next_frame() == frame
+
+
+def test_clean_close() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(CASES[0]))
+    decoder.receive_data(b"")
+    assert decoder.next_frame() == CASES[0]
+    assert decoder.next_frame() is CLOSED
+
+
+def test_close_mid_frame() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(CASES[1])[:-1])
+    decoder.receive_data(b"")
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_frame()
+    with pytest.raises(RemoteProtocolError):  # stays broken
+        decoder.next_frame()
+
+
+def test_oversized_refused_before_buffering() -> None:
+    decoder = FrameDecoder(max_frame_size=100)
+    with pytest.raises(RemoteProtocolError):
+        decoder.receive_data(struct.pack(">I", 101))
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_frame()
+
+
+def test_encoder_limits() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_frame(Frame("nonsense"))
+    with pytest.raises(LocalProtocolError):
+        encode_frame(Frame("comm", {}, (b"x" * 200,)), max_frame_size=100)
+
+
+def _raw(head: object, tail: bytes = b"") -> bytes:
+    head_bytes = json.dumps(head).encode() if not isinstance(head, bytes) else head
+    body = struct.pack(">I", len(head_bytes)) + head_bytes + tail
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _raw(b"{not json"),
+        _raw({"kind": "bogus", "body": {}, "buffers": []}),
+        _raw({"kind": "reply", "body": [], "buffers": []}),
+        _raw({"kind": "reply", "body": {}, "buffers": [5]}, b"abc"),
+        _raw({"kind": "reply", "body": {}, "buffers": []}, b"extra"),
+        _raw({"kind": "reply", "body": {}, "buffers": [-1]}),
+        struct.pack(">II", 4, 999),
+        struct.pack(">I", 2) + b"ab",
+    ],
+)
+def test_malformed(data: bytes) -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(RemoteProtocolError):
+        decoder.receive_data(data)
+        decoder.next_frame()
+
+
+def test_default_hook() -> None:
+    frame = Frame(OUTPUT, {"x": {1, 2}})
+    with pytest.raises(TypeError):
+        encode_frame(frame)
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(frame, default=sorted))
+    assert decoder.next_frame() == Frame(OUTPUT, {"x": [1, 2]})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+frames = st.builds(
+    Frame,
+    st.sampled_from(sorted(KINDS)),
+    st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    st.lists(st.binary(max_size=50), max_size=3).map(tuple),
+)
+
+
+@given(st.lists(frames, max_size=5), st.data())
+def test_arbitrary_chunking(sent: list[Frame], data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(f) for f in sent)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    decoder = FrameDecoder()
+    received = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        if end > start:  # b"" would mean end of stream
+            decoder.receive_data(stream[start:end])
+        received += decode_all(decoder)
+    decoder.receive_data(b"")
+    assert decoder.next_frame() is CLOSED
+    assert received == sent
+
+
+@given(st.binary(max_size=200))
+def test_hostile_bytes_never_crash(data: bytes) -> None:
+    decoder = FrameDecoder(max_frame_size=1000)
+    try:
+        decoder.receive_data(data)
+        decode_all(decoder)
+    except RemoteProtocolError:
+        pass

@@ -1,0 +1,252 @@
+"""Sans-IO framing of the private pipe between the bridge and the evaluator.
+
+Theory of operation
+-------------------
+Both directions carry the same frames: a JSON object plus raw byte buffers
+(comm and display buffers travel as bytes, never base64, never pickle)::
+
+    frame  := size:u32be  head_size:u32be  head  buffer*
+    head   := UTF-8 JSON {"kind": str, "body": {...}, "buffers": [len, ...]}
+
+``size`` counts everything after itself, so a reader knows the whole frame's
+length from its first four bytes and checks it against ``max_frame_size``
+*before* buffering the rest. ``FrameDecoder.receive_data(bytes)`` buffers
+(``b""`` means end of stream) and ``next_frame()`` returns a ``Frame``,
+``NEED_DATA`` or, after a clean end of stream, ``CLOSED``. ``encode_frame``
+turns a ``Frame`` into bytes. No I/O, no clock, no trio: the evaluator uses
+this from plain threads and the bridge from trio tasks.
+
+Frame kinds and bodies
+----------------------
+bridge -> evaluator::
+
+    execute      {"id": int, "content": execute_request content, "allow_stdin": bool}
+    interrupt    {"id": int}                       cancel cell ``id`` if it still runs
+    request      {"id": int, "msg_type": str, "content": {...}}   complete, inspect, ...
+    input_reply  {"value": str}  or  {"error": str}
+    comm         {"msg_type": str, "content": {...}, "metadata": {...}}  + buffers
+    shutdown     {}
+
+evaluator -> bridge::
+
+    ready        {"pid": int, "execution_count": int, "sync_token": str}
+    output       {"msg_type": str, "content": {...}, "metadata": {...}}  + buffers
+    reply        {"id": int, "content": execute_reply content, "fd_sync": int}
+    response     {"id": int, "content": reply content}
+    input_request {"id": int, "prompt": str, "password": bool}
+    interrupt_ack {"id": int}                      the cell's cancel scope is cancelled
+
+``fd_sync`` is how many end-of-cell markers the evaluator has written to its
+fd 1 and fd 2 so far: the bridge waits until it has read that many from both
+pipes before handing back the reply, so C-level output of a cell arrives
+before the cell's reply (see ``trikernel.bridge``).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "Frame",
+    "FrameDecoder",
+    "encode_frame",
+    "NEED_DATA",
+    "CLOSED",
+    "KINDS",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "EXECUTE",
+    "INTERRUPT",
+    "REQUEST",
+    "INPUT_REPLY",
+    "COMM",
+    "SHUTDOWN",
+    "READY",
+    "OUTPUT",
+    "REPLY",
+    "RESPONSE",
+    "INPUT_REQUEST",
+    "INTERRUPT_ACK",
+]
+
+# bridge -> evaluator
+EXECUTE = "execute"
+INTERRUPT = "interrupt"
+REQUEST = "request"
+INPUT_REPLY = "input_reply"
+COMM = "comm"
+SHUTDOWN = "shutdown"
+# evaluator -> bridge
+READY = "ready"
+OUTPUT = "output"
+REPLY = "reply"
+RESPONSE = "response"
+INPUT_REQUEST = "input_request"
+INTERRUPT_ACK = "interrupt_ack"
+
+KINDS = frozenset(
+    {
+        EXECUTE,
+        INTERRUPT,
+        REQUEST,
+        INPUT_REPLY,
+        COMM,
+        SHUTDOWN,
+        READY,
+        OUTPUT,
+        REPLY,
+        RESPONSE,
+        INPUT_REQUEST,
+        INTERRUPT_ACK,
+    }
+)
+
+DEFAULT_MAX_FRAME_SIZE = 256 * 1024 * 1024
+_U32 = struct.Struct(">I")
+_COMPACT_AT = 1 << 16  # drop consumed bytes once this many have piled up
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+NEED_DATA = _Sentinel("NEED_DATA")
+CLOSED = _Sentinel("CLOSED")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One message on the pipe: a kind, a JSON-able body, and raw buffers."""
+
+    kind: str
+    body: dict[str, Any] = field(default_factory=dict)
+    buffers: tuple[bytes, ...] = ()
+
+
+def encode_frame(
+    frame: Frame,
+    *,
+    default: Callable[[Any], Any] | None = None,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+) -> bytes:
+    """Return the bytes of ``frame``.
+
+    Args:
+        default: passed to ``json.dumps`` for objects JSON cannot encode.
+    Raises:
+        LocalProtocolError: unknown kind, or the frame exceeds ``max_frame_size``.
+        TypeError / ValueError: the body is not JSON-serializable.
+    """
+    if frame.kind not in KINDS:
+        raise LocalProtocolError(f"unknown frame kind {frame.kind!r}")
+    buffers = [bytes(b) for b in frame.buffers]
+    head = {"kind": frame.kind, "body": frame.body, "buffers": [len(b) for b in buffers]}
+    head_bytes = json.dumps(
+        head, separators=(",", ":"), ensure_ascii=False, default=default
+    ).encode("utf-8")
+    size = 4 + len(head_bytes) + sum(len(b) for b in buffers)
+    if size > max_frame_size:
+        raise LocalProtocolError(f"frame of {size} bytes exceeds the limit of {max_frame_size}")
+    return b"".join([_U32.pack(size), _U32.pack(len(head_bytes)), head_bytes, *buffers])
+
+
+class FrameDecoder:
+    """Incremental decoder: ``receive_data`` bytes, then ``next_frame`` until NEED_DATA.
+
+    The buffer is a bytearray plus a read offset; consumed bytes are dropped in
+    bulk, so decoding is linear in the bytes received. A frame's announced size
+    is checked against ``max_frame_size`` as soon as its first four bytes are
+    in, so an oversized frame is refused without being buffered. After a
+    ``RemoteProtocolError`` the decoder stays broken and raises it again.
+    """
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._start = 0
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer ``data``; ``b""`` marks the end of the stream."""
+        if self._error is not None:
+            return
+        if self._eof:
+            if data:
+                raise LocalProtocolError("receive_data after end of stream")
+            return
+        if not data:
+            self._eof = True
+            return
+        if self._start >= _COMPACT_AT and self._start * 2 >= len(self._buffer):
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
+        self._check_size()
+
+    def next_frame(self) -> Frame | _Sentinel:
+        """Return the next complete ``Frame``, ``NEED_DATA`` or ``CLOSED``.
+
+        Raises:
+            RemoteProtocolError: oversized or malformed frame, or the stream
+                ended in the middle of a frame.
+        """
+        if self._error is not None:
+            raise self._error
+        available = len(self._buffer) - self._start
+        size = self._check_size()
+        if size is None or available < 4 + size:
+            if not self._eof:
+                return NEED_DATA
+            if available == 0:
+                return CLOSED
+            self._fail("the stream ended in the middle of a frame")
+        assert size is not None
+        begin = self._start + 4
+        self._start = begin + size
+        return self._parse(memoryview(self._buffer)[begin : begin + size])
+
+    def _check_size(self) -> int | None:
+        if len(self._buffer) - self._start < 4:
+            return None
+        (size,) = _U32.unpack_from(self._buffer, self._start)
+        if size > self.max_frame_size or size < 4:
+            self._fail(f"frame size {size} outside 4..{self.max_frame_size}")
+        return int(size)
+
+    def _parse(self, view: memoryview) -> Frame:
+        try:
+            (head_size,) = _U32.unpack_from(view, 0)
+            if 4 + head_size > len(view):
+                raise ValueError("head runs past the end of the frame")
+            head = json.loads(bytes(view[4 : 4 + head_size]).decode("utf-8"))
+            kind, body, lengths = head["kind"], head["body"], head["buffers"]
+            if kind not in KINDS or not isinstance(body, dict) or not isinstance(lengths, list):
+                raise ValueError("bad kind, body or buffers")
+            offset = 4 + head_size
+            buffers = []
+            for n in lengths:
+                if not isinstance(n, int) or n < 0:
+                    raise ValueError("bad buffer length")
+                buffers.append(bytes(view[offset : offset + n]))
+                offset += n
+            if offset != len(view):
+                raise ValueError("buffer lengths do not add up to the frame size")
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            self._fail(f"malformed frame: {exc}")
+        return Frame(kind, body, tuple(buffers))
+
+    def _fail(self, msg: str) -> Any:
+        self._error = RemoteProtocolError(msg, hint=None)
+        self._buffer = bytearray()
+        self._start = 0
+        raise self._error
