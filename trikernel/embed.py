@@ -1,0 +1,189 @@
+"""Embed a Jupyter kernel in a running trio application.
+
+::
+
+    async with trikernel.open_kernel(namespace={"app": app}) as kernel:
+        ...  # the app runs; `jupyter console --existing <kernel.connection_file>` attaches
+
+    # or, as a task of the app's nursery:
+    kernel = await nursery.start(trikernel.serve_kernel)
+
+The kernel binds its five sockets, writes a connection file (mode 0600), logs how to
+attach, and serves until the block exits or the task is cancelled; then it closes its
+sockets and removes the file. With the default in-process evaluator, cells run as trio
+tasks on the application's own loop, in ``namespace`` (see :mod:`trikernel.inprocess`).
+A client's shutdown_request ends the embedded kernel only, never the application.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .connection import (
+    ConnectionInfo,
+    default_runtime_dir,
+    new_connection_info,
+    write_connection_file,
+)
+from .kernel import EvaluatorFactory, Kernel
+from .messages import new_id
+
+__all__ = ["open_kernel", "serve_kernel", "EmbeddedKernel"]
+
+log = logging.getLogger("trikernel.embed")
+
+
+@dataclass
+class EmbeddedKernel:
+    """What ``open_kernel`` yields and ``serve_kernel`` reports as started."""
+
+    info: ConnectionInfo  # with the real ports
+    connection_file: Path
+    namespace: dict[str, Any] | None  # None with the subprocess evaluator
+    kernel: Kernel
+    stopped: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def attach_command(self) -> str:
+        return f"jupyter console --existing {self.connection_file}"
+
+    def stop(self) -> None:
+        """End the embedded kernel as a client's shutdown_request would."""
+        self.kernel.request_shutdown(False)
+
+    async def wait_stopped(self) -> None:
+        """Wait until the kernel has stopped (e.g. after a client's shutdown_request)."""
+        await self.stopped.wait()
+
+
+def _evaluator_factory(
+    evaluator: str | EvaluatorFactory, namespace: dict[str, Any] | None
+) -> tuple[EvaluatorFactory, dict[str, Any] | None]:
+    if callable(evaluator):
+        return evaluator, namespace
+    if evaluator == "inprocess":
+        from .inprocess import open_inprocess_evaluator
+
+        ns: dict[str, Any] = (
+            {"__name__": "__console__", "__doc__": None} if namespace is None else namespace
+        )
+        return functools.partial(open_inprocess_evaluator, namespace=ns), ns
+    if evaluator == "subprocess":
+        if namespace is not None:
+            raise ValueError(
+                "namespace= cannot be used with evaluator='subprocess': cells run in "
+                "another process, which cannot see this one's objects"
+            )
+        try:
+            from .bridge import open_subprocess_evaluator
+        except ImportError as exc:
+            raise ValueError(
+                f"evaluator='subprocess' is not available in this version: {exc}"
+            ) from exc
+        return open_subprocess_evaluator, None
+    raise ValueError(f"evaluator must be 'inprocess', 'subprocess' or a factory, got {evaluator!r}")
+
+
+def _connection_info(ip: str, transport: str, key: str | None) -> ConnectionInfo:
+    info = new_connection_info(ip=ip, transport=transport, key=key)
+    if transport == "ipc":
+        # ipc endpoints are the paths "<ip>-<port>": pick five that do not exist yet.
+        ports = {}
+        candidate = 1
+        for channel in ("shell", "iopub", "stdin", "control", "hb"):
+            while os.path.exists(f"{ip}-{candidate}"):
+                candidate += 1
+            ports[f"{channel}_port"] = candidate
+            candidate += 1
+        info = info.with_ports(**ports)
+    return info
+
+
+async def serve_kernel(
+    namespace: dict[str, Any] | None = None,
+    connection_file: str | os.PathLike[str] | None = None,
+    ip: str = "127.0.0.1",
+    *,
+    evaluator: str | EvaluatorFactory = "inprocess",
+    key: str | None = None,
+    transport: str = "tcp",
+    task_status: trio.TaskStatus[EmbeddedKernel] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an embedded kernel until cancelled or a client asks it to shut down.
+
+    Use as ``handle = await nursery.start(serve_kernel, ...)``; the handle is an
+    :class:`EmbeddedKernel` (``.info``, ``.connection_file``, ``.namespace``).
+
+    Args:
+        namespace: the dict cells run in (a fresh one when None). ``background``,
+            ``display``, ``clear_output`` and ``ainput`` are added to it.
+        connection_file: where to write the connection file; by default a new file
+            in the Jupyter runtime directory. Removed when the kernel stops.
+        ip: the address to bind (or, with ``transport="ipc"``, the path prefix).
+        evaluator: ``"inprocess"`` (cells on this loop), ``"subprocess"`` (an isolated
+            IPython process, when available), or a factory taking ``on_output``.
+        key: the HMAC key (a fresh random one by default).
+        transport: ``"tcp"`` or ``"ipc"``.
+    """
+    factory, ns = _evaluator_factory(evaluator, namespace)
+    if transport == "ipc" and ip == "127.0.0.1":
+        ip = str(Path(default_runtime_dir()) / f"kernel-trikernel-embed-{os.getpid()}-ipc")
+    info = _connection_info(ip, transport, key)
+    if connection_file is None:
+        path = Path(default_runtime_dir()) / (
+            f"kernel-trikernel-embed-{os.getpid()}-{new_id()[:8]}.json"
+        )
+    else:
+        path = Path(connection_file)
+    kernel = Kernel(info, evaluator_factory=factory, handle_signals=False)
+    written = False
+    handle: EmbeddedKernel | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            real: ConnectionInfo = await nursery.start(kernel.run)
+            write_connection_file(path, real)
+            written = True
+            handle = EmbeddedKernel(real, path, ns, kernel)
+            log.info("embedded trikernel is running. To attach:\n    %s", handle.attach_command)
+            task_status.started(handle)
+            # kernel.run returns on a client's shutdown_request; cancellation ends it too.
+    finally:
+        if written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if handle is not None:
+            handle.stopped.set()
+        log.info("embedded trikernel stopped (%s)", path)
+
+
+@asynccontextmanager
+async def open_kernel(
+    namespace: dict[str, Any] | None = None,
+    connection_file: str | os.PathLike[str] | None = None,
+    ip: str = "127.0.0.1",
+    **kwargs: Any,
+) -> AsyncIterator[EmbeddedKernel]:
+    """``async with open_kernel(...) as kernel:`` serves a kernel while the block runs.
+
+    Same arguments as :func:`serve_kernel`. Leaving the block (normally, by an
+    exception, or by cancellation) closes the kernel and removes the connection file.
+    A client's shutdown_request stops the kernel early; the block carries on.
+    """
+    async with trio.open_nursery() as nursery:
+        handle: EmbeddedKernel = await nursery.start(
+            functools.partial(serve_kernel, namespace, connection_file, ip, **kwargs)
+        )
+        try:
+            yield handle
+        finally:
+            nursery.cancel_scope.cancel()
