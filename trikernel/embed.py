@@ -66,18 +66,14 @@ class EmbeddedKernel:
         await self.stopped.wait()
 
 
-def _evaluator_factory(
-    evaluator: str | EvaluatorFactory, namespace: dict[str, Any] | None
-) -> tuple[EvaluatorFactory, dict[str, Any] | None]:
-    if callable(evaluator):
-        return evaluator, namespace
-    if evaluator == "inprocess":
-        from .inprocess import open_inprocess_evaluator
-
-        ns: dict[str, Any] = (
-            {"__name__": "__console__", "__doc__": None} if namespace is None else namespace
-        )
-        return functools.partial(open_inprocess_evaluator, namespace=ns), ns
+def _check_arguments(
+    evaluator: str | EvaluatorFactory, namespace: dict[str, Any] | None, transport: str
+) -> None:
+    """Raise ValueError for bad arguments before anything is opened."""
+    if transport not in ("tcp", "ipc"):
+        raise ValueError(f"transport must be 'tcp' or 'ipc', got {transport!r}")
+    if callable(evaluator) or evaluator == "inprocess":
+        return
     if evaluator == "subprocess":
         if namespace is not None:
             raise ValueError(
@@ -85,13 +81,30 @@ def _evaluator_factory(
                 "another process, which cannot see this one's objects"
             )
         try:
-            from .bridge import open_subprocess_evaluator
+            from .bridge import open_subprocess_evaluator  # noqa: F401
         except ImportError as exc:
             raise ValueError(
                 f"evaluator='subprocess' is not available in this version: {exc}"
             ) from exc
-        return open_subprocess_evaluator, None
+        return
     raise ValueError(f"evaluator must be 'inprocess', 'subprocess' or a factory, got {evaluator!r}")
+
+
+def _evaluator_factory(
+    evaluator: str | EvaluatorFactory, namespace: dict[str, Any] | None
+) -> tuple[EvaluatorFactory, dict[str, Any] | None]:
+    if callable(evaluator):
+        return evaluator, namespace
+    if evaluator == "subprocess":
+        from .bridge import open_subprocess_evaluator
+
+        return open_subprocess_evaluator, None
+    from .inprocess import open_inprocess_evaluator
+
+    ns: dict[str, Any] = (
+        {"__name__": "__console__", "__doc__": None} if namespace is None else namespace
+    )
+    return functools.partial(open_inprocess_evaluator, namespace=ns), ns
 
 
 def _connection_info(ip: str, transport: str, key: str | None) -> ConnectionInfo:
@@ -135,6 +148,7 @@ async def serve_kernel(
         key: the HMAC key (a fresh random one by default).
         transport: ``"tcp"`` or ``"ipc"``.
     """
+    _check_arguments(evaluator, namespace, transport)
     factory, ns = _evaluator_factory(evaluator, namespace)
     if transport == "ipc" and ip == "127.0.0.1":
         ip = str(Path(default_runtime_dir()) / f"kernel-trikernel-embed-{os.getpid()}-ipc")
@@ -179,6 +193,9 @@ async def open_kernel(
     exception, or by cancellation) closes the kernel and removes the connection file.
     A client's shutdown_request stops the kernel early; the block carries on.
     """
+    _check_arguments(
+        kwargs.get("evaluator", "inprocess"), namespace, kwargs.get("transport", "tcp")
+    )
     async with trio.open_nursery() as nursery:
         handle: EmbeddedKernel = await nursery.start(
             functools.partial(serve_kernel, namespace, connection_file, ip, **kwargs)
