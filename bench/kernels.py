@@ -1,0 +1,1135 @@
+"""trikernel vs ipykernel, measured in one run through the same client code.
+
+    python bench/kernels.py [--quick] [--scaling] [--kernels trikernel,ipykernel] [--json PATH]
+
+Every kernel is started by jupyter_client's ``KernelManager`` from an explicit kernelspec
+(argv ``[sys.executable, "-m", <module>, "-f", "{connection_file}"]``; interrupt_mode from the
+kernel's own kernel.json: "message" for trikernel, "signal" for ipykernel) and driven by a
+``BlockingKernelClient``. Times are wall-clock ``time.perf_counter()`` in this process, from
+the moment the request is handed to jupyter_client to the moment the awaited message has been
+received *and deserialized* by jupyter_client, so client-side costs are included and identical
+for both kernels.
+
+Rules: every wait has a timeout; every kernel started is shut down and its whole process tree
+reaped in a ``finally`` (``shutdown_kernel(now=True)`` kills the process group; descendants in
+other groups, such as trikernel's evaluator, are killed by pid); a step that fails records its
+error and the run goes on with a fresh kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import psutil
+import zmq
+from common import (
+    fmt_bytes,
+    fmt_seconds,
+    kill_processes,
+    machine_info,
+    median,
+    process_tree,
+    render_table,
+    summarize,
+    tree_memory,
+    wait_processes_gone,
+)
+from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.session import Session
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+perf = time.perf_counter
+
+START_TIMEOUT = 60.0  # launch -> kernel_info / first cell
+CELL_TIMEOUT = 30.0  # a trivial cell
+HEAVY_TIMEOUT = 120.0  # 200k prints, 50-100 MB payloads
+HB_TIMEOUT = 1.0  # one heartbeat ping (jupyter_client's time_to_dead)
+SHUTDOWN_TIMEOUT = 15.0
+
+
+# -- kernels --------------------------------------------------------------------------------
+
+
+def kernel_spec(name: str) -> KernelSpec:
+    """The kernel's own kernel.json with argv pinned to this interpreter."""
+    if name == "trikernel":
+        spec = json.loads((REPO / "kernelspec" / "kernel.json").read_text())
+        module = "trikernel"
+    elif name == "ipykernel":
+        from ipykernel.kernelspec import get_kernel_dict
+
+        spec = get_kernel_dict()
+        module = "ipykernel_launcher"
+    else:
+        raise SystemExit(f"unknown kernel {name!r}")
+    spec["argv"] = [sys.executable, "-m", module, "-f", "{connection_file}"]
+    spec.setdefault("interrupt_mode", "signal")
+    spec.setdefault("display_name", name)
+    spec.setdefault("language", "python")
+    known = KernelSpec.class_trait_names()
+    return KernelSpec(**{k: v for k, v in spec.items() if k in known})
+
+
+class StepError(Exception):
+    """A measurement could not be made (timeout, wrong reply, kernel died)."""
+
+
+@dataclass
+class Cell:
+    """One execute_request and what came back for it."""
+
+    msg_id: str
+    sent: float
+    reply: dict[str, Any] | None = None
+    reply_at: float | None = None
+    idle_at: float | None = None
+    iopub: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def reply_s(self) -> float:
+        assert self.reply_at is not None
+        return self.reply_at - self.sent
+
+    @property
+    def idle_s(self) -> float:
+        assert self.idle_at is not None
+        return self.idle_at - self.sent
+
+    def first(self, msg_type: str) -> tuple[float, dict[str, Any]] | None:
+        for at, msg in self.iopub:
+            if msg["msg_type"] == msg_type:
+                return at, msg
+        return None
+
+    def stdout(self) -> str:
+        return "".join(
+            m["content"]["text"]
+            for _, m in self.iopub
+            if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+        )
+
+
+class Kernel:
+    """One kernel process started by KernelManager, plus a BlockingKernelClient.
+
+    Use as a context manager: ``close()`` always shuts the kernel down and reaps it."""
+
+    counter = 0
+
+    def __init__(self, name: str, log_dir: Path) -> None:
+        Kernel.counter += 1
+        self.name = name
+        self.km = KernelManager(kernel_name=name)
+        self.km._kernel_spec = kernel_spec(name)  # explicit spec, no kernelspec lookup
+        self.log_path = log_dir / f"{name}-{Kernel.counter:03d}.log"
+        self.kc: BlockingKernelClient | None = None
+        self.launched_at = math.nan
+        self.pid = -1
+        self._procs: dict[int, psutil.Process] = {}
+        self._log: Any = None
+        self._pollers: dict[int, zmq.Poller] = {}
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
+        self.launched_at = perf()
+        self.km.start_kernel(stdout=self._log, stderr=self._log)
+        self.pid = self.km.provisioner.process.pid  # type: ignore[union-attr]
+        self.remember_processes()
+        kc = self.km.client()
+        kc.start_channels(hb=False)  # we ping the heartbeat ourselves
+        self.kc = kc
+
+    # -- processes --
+
+    def remember_processes(self) -> list[psutil.Process]:
+        """Record the kernel's current process tree so close() can reap all of it."""
+        tree = process_tree(self.pid)
+        for proc in tree:
+            self._procs.setdefault(proc.pid, proc)
+        return tree
+
+    def alive(self) -> bool:
+        return self.km.is_alive()
+
+    def close(self) -> None:
+        """Shut down: kill the process group, then any descendant outside it; wait for all."""
+        if self.pid > 0 and self.alive():
+            self.remember_processes()
+        if self.kc is not None:
+            self.kc.stop_channels()
+        try:
+            if self.km.has_kernel:
+                self.km.shutdown_kernel(now=True)
+        except Exception as exc:  # the process group is still killed below
+            print(f"  [{self.name}] shutdown_kernel failed: {exc!r}", file=sys.stderr)
+            try:
+                os.killpg(self.pid, 9)
+            except OSError:
+                pass
+        stray = kill_processes(self._procs.values())
+        if stray:
+            print(f"  [{self.name}] killed leftover processes {stray}", file=sys.stderr)
+        if wait_processes_gone(self._procs.values(), 5.0) is None:
+            print(f"  [{self.name}] processes still alive after kill", file=sys.stderr)
+        proc = getattr(self.km.provisioner, "process", None)
+        if proc is not None:
+            proc.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+
+    # -- messaging --
+
+    @property
+    def client(self) -> BlockingKernelClient:
+        assert self.kc is not None, "kernel not started"
+        return self.kc
+
+    def wait_kernel_info(self, timeout: float = START_TIMEOUT) -> float:
+        """Send kernel_info_request on shell (again every 0.5 s, as jupyter_server does) until a
+        reply arrives; returns the time it arrived."""
+        kc, sent, next_send = self.client, set(), 0.0
+        deadline = perf() + timeout
+        while True:
+            now = perf()
+            if now > deadline:
+                raise StepError(f"no kernel_info_reply within {timeout} s")
+            if now >= next_send:
+                sent.add(kc.kernel_info())
+                next_send = now + 0.5
+            try:
+                msg = kc.get_shell_msg(timeout=max(0.0, min(deadline, next_send) - perf()))
+            except Empty:
+                if not self.alive():
+                    raise StepError("kernel process exited before kernel_info_reply") from None
+                continue
+            if msg["parent_header"].get("msg_id") in sent:
+                return perf()
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """kernel_info until answered, then until iopub delivers too (as wait_for_ready does):
+        a SUB socket only receives once its subscription has reached the kernel."""
+        deadline = perf() + timeout
+        self.wait_kernel_info(timeout)
+        while perf() < deadline:
+            self.client.kernel_info()
+            try:
+                self.client.get_iopub_msg(timeout=0.2)
+            except Empty:
+                continue
+            time.sleep(0.05)
+            drain(self.client)
+            while True:  # and the kernel_info replies
+                try:
+                    self.client.get_shell_msg(timeout=0)
+                except Empty:
+                    return
+        raise StepError(f"iopub delivered nothing within {timeout} s")
+
+    def execute(
+        self,
+        code: str,
+        timeout: float = CELL_TIMEOUT,
+        *,
+        need_idle: bool = True,
+        allow_error: bool = False,
+    ) -> Cell:
+        """Send an execute_request and wait for its reply and (if need_idle) its idle status,
+        keeping every iopub message whose parent is this request, with its arrival time."""
+        cell = self.send(code)
+        return self.finish(cell, timeout, need_idle=need_idle, allow_error=allow_error)
+
+    def send(self, code: str) -> Cell:
+        sent = perf()
+        return Cell(self.client.execute(code), sent)
+
+    def finish(
+        self,
+        cell: Cell,
+        timeout: float,
+        *,
+        need_idle: bool = True,
+        allow_error: bool = False,
+        until: Callable[[dict[str, Any]], bool] | None = None,
+        kc: BlockingKernelClient | None = None,
+    ) -> Cell:
+        """Read shell and iopub (of ``kc``, default our own client) until the reply and idle of
+        ``cell`` arrived, or until ``until(msg)`` is true for an iopub message of the cell."""
+        kc = kc or self.client
+        shell, iopub = kc.shell_channel.socket, kc.iopub_channel.socket
+        poller = self._pollers.get(id(kc))
+        if poller is None:
+            poller = self._pollers[id(kc)] = zmq.Poller()
+            poller.register(shell, zmq.POLLIN)
+            poller.register(iopub, zmq.POLLIN)
+        deadline = cell.sent + timeout
+        while cell.reply is None or (need_idle and cell.idle_at is None):
+            remaining = deadline - perf()
+            if remaining <= 0:
+                raise StepError(self._timeout_text(cell, timeout))
+            events = dict(poller.poll(min(remaining, 1.0) * 1000))
+            if not events and not self.alive():
+                raise StepError(
+                    f"kernel process exited (code {self.km.provisioner.process.poll()})"
+                )  # type: ignore[union-attr]
+            if shell in events:
+                msg = kc.shell_channel.get_msg(timeout=0)
+                if msg["parent_header"].get("msg_id") == cell.msg_id:
+                    cell.reply, cell.reply_at = msg, perf()
+            if iopub in events:
+                msg = kc.iopub_channel.get_msg(timeout=0)
+                if msg["parent_header"].get("msg_id") != cell.msg_id:
+                    continue
+                at = perf()
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    cell.idle_at = at
+                else:
+                    cell.iopub.append((at, msg))
+                if until is not None and until(msg):
+                    return cell
+        content = cell.reply["content"]
+        if content["status"] != "ok" and not allow_error:
+            raise StepError(
+                f"execute_reply status {content['status']!r}: "
+                f"{content.get('ename')}: {str(content.get('evalue'))[:300]}"
+            )
+        return cell
+
+    def forget_client(self, kc: BlockingKernelClient) -> None:
+        self._pollers.pop(id(kc), None)
+
+    def _timeout_text(self, cell: Cell, timeout: float) -> str:
+        got = "reply" if cell.reply else "no reply"
+        got += ", idle" if cell.idle_at else ", no idle"
+        kinds = sorted({m["msg_type"] for _, m in cell.iopub})
+        return f"timed out after {timeout} s ({got}; iopub seen: {kinds})"
+
+    def hb_address(self) -> str:
+        info = self.km.get_connection_info()
+        if info["transport"] == "tcp":
+            return f"tcp://{info['ip']}:{info['hb_port']}"
+        return f"ipc://{info['ip']}-{info['hb_port']}"
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    quick: bool
+    launches: int
+    pass_n: int
+    reps: int
+    idle_settle: float
+    hb_seconds: float
+    scaling_clients: tuple[int, ...]
+    scaling_sizes: tuple[int, ...]
+    scaling_pass_n: int
+
+
+def make_config(quick: bool) -> Config:
+    if quick:
+        return Config(True, 2, 100, 1, 0.5, 2.0, (1, 10), (1_000, 100_000, 10_000_000), 30)
+    sizes = (1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
+    return Config(False, 5, 500, 3, 2.0, 3.0, (1, 10, 50), sizes, 200)
+
+
+# A metric's value is a number, {"na": reason} (the kernel cannot do it) or {"error": text}.
+
+
+def one_launch(k: Kernel, cfg: Config, samples: dict[str, list[Any]]) -> list[str]:
+    """One fresh kernel: each measurement on its own, so one failing does not hide the others.
+    Returns the errors."""
+    errors = []
+    k.start()
+    try:
+        samples["startup_kernel_info_s"].append(k.wait_kernel_info() - k.launched_at)
+        cell = k.execute("a = 1", START_TIMEOUT, need_idle=False)
+        samples["startup_first_cell_s"].append(cell.reply_at - k.launched_at)  # type: ignore[operator]
+        time.sleep(cfg.idle_settle)
+        mem = tree_memory(k.pid)
+        samples["idle_rss_bytes"].append(mem["rss"])
+        samples["idle_uss_bytes"].append(mem["uss"])
+        samples["idle_processes"].append(mem["processes"])
+    except Exception as exc:
+        errors.append(f"start-up/first cell/RSS: {exc}")
+    try:
+        procs = k.remember_processes()
+        k.client.shutdown()
+        gone = wait_processes_gone(procs, SHUTDOWN_TIMEOUT)
+        if gone is None:
+            raise StepError(f"processes alive {SHUTDOWN_TIMEOUT} s after shutdown_request")
+        samples["shutdown_s"].append(gone)
+    except Exception as exc:
+        errors.append(f"shutdown: {exc}")
+    return errors
+
+
+LAUNCH_KEYS = (
+    "startup_kernel_info_s",
+    "startup_first_cell_s",
+    "idle_rss_bytes",
+    "idle_uss_bytes",
+    "shutdown_s",
+)
+
+
+def step_launches(name: str, cfg: Config, log_dir: Path) -> dict[str, Any]:
+    """Metrics 1, 7, 8: launch -> kernel_info_reply, launch -> first cell reply, idle RSS of
+    the whole process tree, shutdown_request -> every process gone. A fresh kernel each time."""
+    samples: dict[str, list[Any]] = {key: [] for key in (*LAUNCH_KEYS, "idle_processes")}
+    errors = []
+    for i in range(cfg.launches):
+        print(f"  [{name}] launch {i}", file=sys.stderr, flush=True)
+        with Kernel(name, log_dir) as k:
+            try:
+                failed = one_launch(k, cfg, samples)
+            except Exception as exc:
+                failed = [f"{type(exc).__name__}: {exc}"]
+        for text in failed:
+            errors.append(f"launch {i}: {text}")
+            print(f"  [{name}] launch {i} failed: {text}", file=sys.stderr, flush=True)
+    out: dict[str, Any] = {
+        "launch_errors": errors,
+        "idle_processes": samples["idle_processes"][-1:],
+    }
+    for key in LAUNCH_KEYS:
+        values = samples[key]
+        out[key] = median(values) if values else {"error": errors[0] if errors else "no sample"}
+        out[key + "_samples"] = values
+    return out
+
+
+def step_smoke(k: Kernel, cfg: Config) -> dict[str, Any]:
+    k.execute("_bench = 1")
+    return {}
+
+
+def step_pass(k: Kernel, cfg: Config) -> dict[str, Any]:
+    """Metric 2: sequential `pass` round trips, to execute_reply and to idle."""
+    for _ in range(20):
+        k.execute("pass")
+    cells = [k.execute("pass") for _ in range(cfg.pass_n)]
+    reply = summarize([c.reply_s for c in cells])
+    idle = summarize([c.idle_s for c in cells])
+    return {
+        "pass_reply_p50_s": reply["p50"],
+        "pass_reply_p99_s": reply["p99"],
+        "pass_idle_p50_s": idle["p50"],
+        "pass_idle_p99_s": idle["p99"],
+        "pass_reply": reply,
+        "pass_idle": idle,
+    }
+
+
+PRINTS = 200_000
+
+
+def count_lost(text: str, n: int) -> dict[str, int]:
+    """Compare stdout text with the lines 0..n-1: lost numbers, extra/misordered lines."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    expected = [str(i) for i in range(n)]
+    seen = set(lines)
+    lost = sum(1 for e in expected if e not in seen)
+    return {
+        "lost": lost,
+        "lines": len(lines),
+        "in_order": int(lines == expected),
+        "unexpected": sum(1 for line in lines if not line.isdigit() or int(line) >= n),
+    }
+
+
+def step_prints(k: Kernel, cfg: Config) -> dict[str, Any]:
+    """Metric 3: `for i in range(200_000): print(i)`, seconds until idle and lines lost."""
+    times, checks, messages = [], [], []
+    for _ in range(cfg.reps):
+        cell = k.execute(f"for i in range({PRINTS}): print(i)", HEAVY_TIMEOUT)
+        times.append(cell.idle_s)
+        checks.append(count_lost(cell.stdout(), PRINTS))
+        messages.append(sum(1 for _, m in cell.iopub if m["msg_type"] == "stream"))
+    return {
+        "print200k_s": median(times),
+        "print200k_lost": max(c["lost"] for c in checks),
+        "print200k_samples": times,
+        "print200k_checks": checks,
+        "print200k_stream_messages": messages,
+    }
+
+
+def display_code(size: int) -> str:
+    return f"from IPython.display import display\ndisplay({{'text/plain': 'x' * {size}}}, raw=True)"
+
+
+def measure_display(k: Kernel, size: int, timeout: float = HEAVY_TIMEOUT) -> tuple[float, float]:
+    """Seconds from execute to display_data arrival and to idle; checks the payload size."""
+    cell = k.execute(display_code(size), timeout)
+    found = cell.first("display_data")
+    if found is None:
+        raise StepError("no display_data on iopub")
+    at, msg = found
+    got = len(msg["content"]["data"].get("text/plain", ""))
+    if got != size:
+        raise StepError(f"display_data carried {got} characters, expected {size}")
+    return at - cell.sent, cell.idle_s
+
+
+def step_display(k: Kernel, cfg: Config) -> dict[str, Any]:
+    """Metric 4a: a 50 MB display_data."""
+    arrive, idle = zip(*(measure_display(k, 50_000_000) for _ in range(cfg.reps)), strict=True)
+    return {
+        "display50mb_s": median(arrive),
+        "display50mb_idle_s": median(idle),
+        "display50mb_samples": list(arrive),
+    }
+
+
+COMM_CODE = """\
+from comm import create_comm
+_bench_comm = create_comm(target_name='bench.kernels')
+print(type(_bench_comm).__module__ + '.' + type(_bench_comm).__qualname__)
+_bench_comm.send(data={'size': 10_000_000}, buffers=[b'x' * 10_000_000])
+_bench_comm.close()
+"""
+
+
+def step_comm(k: Kernel, cfg: Config) -> dict[str, Any]:
+    """Metric 4b: a comm_msg with one 10 MB binary buffer, opened from the kernel side."""
+    times = []
+    for _ in range(cfg.reps):
+        cell = k.execute(COMM_CODE, HEAVY_TIMEOUT)
+        found = cell.first("comm_msg")
+        if found is None:
+            kinds = sorted({m["msg_type"] for _, m in cell.iopub})
+            reason = (
+                f"no comm_msg on iopub (create_comm returned {cell.stdout().strip()!r}; "
+                f"iopub seen: {kinds})"
+            )
+            return {"comm10mb_s": {"na": reason}}
+        at, msg = found
+        sizes = [len(memoryview(b)) for b in msg.get("buffers", [])]
+        if sizes != [10_000_000]:
+            raise StepError(f"comm_msg buffers of sizes {sizes}, expected [10000000]")
+        times.append(at - cell.sent)
+    return {"comm10mb_s": median(times), "comm10mb_samples": times}
+
+
+def wait_running(k: Kernel, cell: Cell, timeout: float = CELL_TIMEOUT) -> None:
+    """Wait for the cell's execute_input (the kernel has started it), then let it get going."""
+    k.finish(cell, timeout, until=lambda m: m["msg_type"] == "execute_input")
+    if cell.first("execute_input") is None:
+        raise StepError("cell finished before it could be interrupted")
+    time.sleep(0.5)
+
+
+def measure_interrupt(k: Kernel, code: str) -> dict[str, Any]:
+    k.execute("_bench_marker = 42")
+    cell = k.send(code)
+    wait_running(k, cell)
+    start = perf()
+    k.km.interrupt_kernel()
+    k.finish(cell, CELL_TIMEOUT, need_idle=False, allow_error=True)
+    seconds = cell.reply_at - start  # type: ignore[operator]
+    content = cell.reply["content"]  # type: ignore[index]
+    k.finish(cell, CELL_TIMEOUT, allow_error=True)  # and its idle
+    if content["status"] != "error":
+        raise StepError(f"interrupted cell replied status {content['status']!r}")
+    after = k.execute("print(_bench_marker)", allow_error=True)
+    return {
+        "seconds": seconds,
+        "ename": content.get("ename"),
+        "namespace_kept": after.stdout().strip() == "42",
+    }
+
+
+def step_interrupt(k: Kernel, cfg: Config) -> dict[str, Any]:
+    """Metric 5: KernelManager.interrupt_kernel -> error reply, for a C call and a Python loop."""
+    out: dict[str, Any] = {}
+    for key, code in (
+        ("interrupt_sleep", "import time\ntime.sleep(100)"),
+        ("interrupt_spin", "while True:\n    pass"),
+    ):
+        runs = [measure_interrupt(k, code) for _ in range(cfg.reps)]
+        out[key + "_s"] = median([r["seconds"] for r in runs])
+        out[key + "_runs"] = runs
+    return out
+
+
+def hb_pings(address: str, seconds: float, gap: float = 0.005) -> dict[str, Any]:
+    """Raw REQ pings on the heartbeat port for ``seconds``; a ping unanswered within HB_TIMEOUT
+    counts as HB_TIMEOUT (a lower bound) and the socket is recreated, as jupyter_client does."""
+    ctx = zmq.Context.instance()
+    samples: list[float] = []
+    timeouts = 0
+    sock = None
+    end = perf() + seconds
+    try:
+        while perf() < end:
+            if sock is None:
+                sock = ctx.socket(zmq.REQ)
+                sock.linger = 0
+                sock.connect(address)
+            start = perf()
+            sock.send(b"ping")
+            if sock.poll(int(HB_TIMEOUT * 1000)):
+                if sock.recv() != b"ping":
+                    raise StepError("heartbeat echoed something else")
+                samples.append(perf() - start)
+            else:
+                timeouts += 1
+                samples.append(HB_TIMEOUT)
+                sock.close()
+                sock = None
+            time.sleep(gap)
+    finally:
+        if sock is not None:
+            sock.close()
+    return {**summarize(samples), "timeouts": timeouts}
+
+
+def step_heartbeat(k: Kernel, cfg: Config) -> dict[str, Any]:
+    """Metric 6: heartbeat round trips while idle, while a cell spins in Python, and while it
+    sleeps in C."""
+    address = k.hb_address()
+    hb_pings(address, 0.2)  # connect and warm up
+    out: dict[str, Any] = {"hb_idle": hb_pings(address, 1.0)}
+    busy = cfg.hb_seconds
+    for key, code in (
+        (
+            "hb_spin",
+            f"import time\n_t = time.monotonic()\nwhile time.monotonic() - _t < {busy}:\n    pass",
+        ),
+        ("hb_sleep", f"import time\ntime.sleep({busy})"),
+    ):
+        cell = k.send(code)
+        wait_running(k, cell)  # sleeps 0.5 s
+        stats = hb_pings(address, busy - 0.8)
+        k.finish(cell, CELL_TIMEOUT + busy)
+        out[key] = stats
+        for q in ("p50", "p99", "max"):
+            out[f"{key}_{q}_s"] = stats[q]
+    return out
+
+
+# -- profiling (--profile DIR) -------------------------------------------------------------
+
+
+@contextmanager
+def profiled(k: Kernel, label: str, out_dir: Path | None) -> Iterator[None]:
+    """Run ``py-spy record`` on the kernel and all its subprocesses around a step; write the
+    raw collapsed stacks and a summary of the hottest functions to out_dir."""
+    if out_dir is None:
+        yield
+        return
+    py_spy = Path(sys.executable).with_name("py-spy")
+    raw = out_dir / f"{label}.txt"
+    cmd = [str(py_spy), "record", "--pid", str(k.pid), "--subprocesses", "--nonblocking"]
+    cmd += ["--rate", "250", "--format", "raw", "--output", str(raw)]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # let it attach
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+        if raw.exists():
+            (out_dir / f"{label}.top.txt").write_text(summarize_stacks(raw.read_text()))
+
+
+_LINE = re.compile(r"(\(.*?):\d+\)$")
+
+
+def summarize_stacks(raw: str, top: int = 25) -> str:
+    """Top functions by self and by inclusive samples, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    processes: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_LINE.sub(r"\1)", f) for f in stack.split(";")]  # per function, not per line
+        total += n
+        if frames[0].startswith("process "):
+            processes[frames[0]] += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    out = [f"samples: {total}", "", "by process:"]
+    out += [f"{n / total:6.1%}  {p}" for p, n in processes.most_common()]
+    out += ["", "self:"]
+    out += [f"{n / total:6.1%}  {f}" for f, n in own.most_common(top)] if total else []
+    out += ["", "inclusive:"]
+    out += [f"{n / total:6.1%}  {f}" for f, n in inclusive.most_common(top)] if total else []
+    return "\n".join(out) + "\n"
+
+
+EXEC_STEPS: list[tuple[str, Callable[[Kernel, Config], dict[str, Any]], tuple[str, ...]]] = [
+    ("smoke", step_smoke, ()),
+    (
+        "pass",
+        step_pass,
+        ("pass_reply_p50_s", "pass_reply_p99_s", "pass_idle_p50_s", "pass_idle_p99_s"),
+    ),
+    ("prints", step_prints, ("print200k_s", "print200k_lost")),
+    ("display", step_display, ("display50mb_s", "display50mb_idle_s")),
+    ("comm", step_comm, ("comm10mb_s",)),
+    ("interrupt", step_interrupt, ("interrupt_sleep_s", "interrupt_spin_s")),
+    (
+        "heartbeat",
+        step_heartbeat,
+        tuple(f"hb_{w}_{q}_s" for w in ("spin", "sleep") for q in ("p50", "p99", "max")),
+    ),
+]
+
+
+def run_exec_steps(
+    name: str,
+    cfg: Config,
+    log_dir: Path,
+    steps: list[str] | None,
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the steps on one kernel; after a failure, the next step gets a fresh kernel. If the
+    kernel cannot even run `pass`, the remaining steps are recorded as skipped."""
+    out: dict[str, Any] = {"step_errors": {}}
+    k: Kernel | None = None
+    try:
+        for step, fn, keys in EXEC_STEPS:
+            if steps and step not in steps and step != "smoke":
+                continue
+            print(f"  [{name}] {step}", file=sys.stderr, flush=True)
+            began = perf()
+            try:
+                if k is None:
+                    k = Kernel(name, log_dir)
+                    k.start()
+                    k.wait_ready()
+                with profiled(k, f"{name}-{step}", profile_dir):
+                    out.update(fn(k, cfg))
+            except Exception as exc:
+                text = (
+                    f"{type(exc).__name__}: {exc}" if not isinstance(exc, StepError) else str(exc)
+                )
+                print(f"  [{name}] {step} failed: {text}", file=sys.stderr, flush=True)
+                if not isinstance(exc, StepError):
+                    traceback.print_exc()
+                out["step_errors"][step] = text
+                for key in keys:
+                    out[key] = {"error": text}
+                if k is not None:
+                    k.close()
+                    k = None
+                if step == "smoke":
+                    skipped = f"skipped: the kernel could not execute a cell ({text})"
+                    for _, _, later in EXEC_STEPS[1:]:
+                        for key in later:
+                            out[key] = {"error": skipped}
+                    break
+            out.setdefault("step_seconds", {})[step] = perf() - began
+    finally:
+        if k is not None:
+            k.close()
+    return out
+
+
+# -- scaling --------------------------------------------------------------------------------
+
+
+def drain(kc: BlockingKernelClient) -> int:
+    n = 0
+    while True:
+        try:
+            kc.iopub_channel.get_msg(timeout=0)
+        except Empty:
+            return n
+        n += 1
+
+
+def wait_all_idle(
+    clients: list[BlockingKernelClient], msg_id: str, sent: float, timeout: float, lines: int = 0
+) -> dict[str, Any]:
+    """Poll every client's iopub until each saw idle for msg_id; per-client arrival times and
+    (if lines) lost stdout lines."""
+    poller = zmq.Poller()
+    sockets = {c.iopub_channel.socket: i for i, c in enumerate(clients)}
+    for sock in sockets:
+        poller.register(sock, zmq.POLLIN)
+    done: dict[int, float] = {}
+    text: dict[int, list[str]] = {i: [] for i in range(len(clients))}
+    deadline = sent + timeout
+    while len(done) < len(clients):
+        remaining = deadline - perf()
+        if remaining <= 0:
+            raise StepError(f"{len(clients) - len(done)} of {len(clients)} clients saw no idle")
+        for sock, _ in poller.poll(min(remaining, 1.0) * 1000):
+            i = sockets[sock]
+            msg = clients[i].iopub_channel.get_msg(timeout=0)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                text[i].append(msg["content"]["text"])
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                done[i] = perf() - sent
+    lost = [count_lost("".join(text[i]), lines)["lost"] for i in text] if lines else []
+    return {
+        "last_s": max(done.values()),
+        "first_s": min(done.values()),
+        "lost_max": max(lost or [0]),
+    }
+
+
+def scaling_clients(k: Kernel, cfg: Config, n: int) -> dict[str, Any]:
+    """n clients connected: `pass` round trips sent round-robin by each client, then iopub
+    fan-out of a printing cell and of a 1 MB display to all n."""
+    clients = [k.client]
+    try:
+        for _ in range(n - 1):
+            # Each client needs its own Session: a shared one would reject every iopub
+            # message after the first copy as a replayed signature (digest_history).
+            own = Session(key=k.km.session.key, signature_scheme=k.km.session.signature_scheme)
+            kc = k.km.client(session=own)
+            kc.start_channels(hb=False)
+            clients.append(kc)
+        # Wait until every SUB is subscribed: a cell whose idle reaches all clients.
+        for attempt in range(20):
+            sent = perf()
+            msg_id = clients[0].execute("pass")
+            try:
+                wait_all_idle(clients, msg_id, sent, 2.0)
+                break
+            except StepError:
+                if attempt == 19:
+                    raise
+        for kc in clients:
+            drain(kc)
+        reply, idle = [], []
+        for i in range(cfg.scaling_pass_n):
+            kc = clients[i % n]
+            sent = perf()
+            cell = k.finish(Cell(kc.execute("pass"), sent), CELL_TIMEOUT, kc=kc)
+            reply.append(cell.reply_s)
+            idle.append(cell.idle_s)
+            for other in clients:
+                drain(other)
+        fan: dict[str, Any] = {}
+        for key, code, lines in (
+            ("prints10k", "for i in range(10_000): print(i)", 10_000),
+            ("display1mb", display_code(1_000_000), 0),
+        ):
+            sent = perf()
+            msg_id = clients[0].execute(code)
+            fan[key] = wait_all_idle(clients, msg_id, sent, HEAVY_TIMEOUT, lines)
+            clients[0].get_shell_msg(timeout=CELL_TIMEOUT)
+        return {
+            "pass_reply": summarize(reply),
+            "pass_idle": summarize(idle),
+            **fan,
+        }
+    finally:
+        for kc in clients[1:]:
+            kc.stop_channels()
+            k.forget_client(kc)
+        drain(clients[0])
+
+
+def run_scaling(name: str, cfg: Config, log_dir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"clients": {}, "sizes": {}, "errors": {}}
+    jobs: list[tuple[str, Callable[[Kernel], Any]]] = []
+    for n in cfg.scaling_clients:
+        jobs.append((f"clients={n}", lambda k, n=n: scaling_clients(k, cfg, n)))
+    for size in cfg.scaling_sizes:
+        jobs.append((f"size={size}", lambda k, size=size: scaling_size(k, cfg, size)))
+    k: Kernel | None = None
+    try:
+        for label, job in jobs:
+            print(f"  [{name}] scaling {label}", file=sys.stderr, flush=True)
+            try:
+                if k is None:
+                    k = Kernel(name, log_dir)
+                    k.start()
+                    k.wait_ready()
+                    k.execute("pass")
+                result = job(k)
+                kind, value = label.split("=")
+                out["clients" if kind == "clients" else "sizes"][value] = result
+            except Exception as exc:
+                print(f"  [{name}] scaling {label} failed: {exc}", file=sys.stderr, flush=True)
+                out["errors"][label] = f"{type(exc).__name__}: {exc}"
+                if k is not None:
+                    k.close()
+                    k = None
+    finally:
+        if k is not None:
+            k.close()
+    return out
+
+
+def scaling_size(k: Kernel, cfg: Config, size: int) -> dict[str, Any]:
+    runs = [measure_display(k, size, HEAVY_TIMEOUT * 2) for _ in range(cfg.reps)]
+    return {"arrive_s": median([r[0] for r in runs]), "idle_s": median([r[1] for r in runs])}
+
+
+# -- report ---------------------------------------------------------------------------------
+
+# (label, metric key, kind of value, target: (how, threshold) or None)
+#   how = "ratio": trikernel/ipykernel <= threshold; "abs": trikernel value <= threshold
+ROWS: list[tuple[str, str, str, tuple[str, float] | None]] = [
+    ("launch -> kernel_info_reply (median)", "startup_kernel_info_s", "s", ("ratio", 0.5)),
+    ("launch -> first cell reply (median)", "startup_first_cell_s", "s", ("ratio", 1.0)),
+    ("`pass` -> execute_reply p50", "pass_reply_p50_s", "s", ("ratio", 1.0)),
+    ("`pass` -> execute_reply p99", "pass_reply_p99_s", "s", ("ratio", 1.0)),
+    ("`pass` -> idle p50", "pass_idle_p50_s", "s", ("ratio", 1.0)),
+    ("`pass` -> idle p99", "pass_idle_p99_s", "s", ("ratio", 1.0)),
+    ("200k prints -> idle", "print200k_s", "s", ("ratio", 1.0)),
+    ("200k prints: lines lost", "print200k_lost", "n", ("abs", 0)),
+    ("50 MB display_data -> arrival", "display50mb_s", "s", ("ratio", 1.0)),
+    ("50 MB display_data -> idle", "display50mb_idle_s", "s", None),
+    ("10 MB comm buffer -> arrival", "comm10mb_s", "s", None),
+    ("interrupt time.sleep(100) -> reply", "interrupt_sleep_s", "s", ("ratio", 1.0)),
+    ("interrupt while True: pass -> reply", "interrupt_spin_s", "s", ("ratio", 1.0)),
+    ("heartbeat, Python spin: p50", "hb_spin_p50_s", "s", None),
+    ("heartbeat, Python spin: p99", "hb_spin_p99_s", "s", ("abs", 0.010)),
+    ("heartbeat, Python spin: max", "hb_spin_max_s", "s", None),
+    ("heartbeat, time.sleep: p50", "hb_sleep_p50_s", "s", None),
+    ("heartbeat, time.sleep: p99", "hb_sleep_p99_s", "s", ("abs", 0.010)),
+    ("heartbeat, time.sleep: max", "hb_sleep_max_s", "s", None),
+    ("idle RSS, process tree (median)", "idle_rss_bytes", "b", ("ratio", 1.3)),
+    ("idle USS, process tree (info)", "idle_uss_bytes", "b", None),
+    ("shutdown_request -> all gone (median)", "shutdown_s", "s", None),
+]
+
+
+def fmt_value(value: Any, kind: str) -> str:
+    if isinstance(value, dict):
+        return "n/a" if "na" in value else "error"
+    if kind == "s":
+        return fmt_seconds(value)
+    if kind == "b":
+        return fmt_bytes(value)
+    return str(value)
+
+
+def verdict(tri: Any, ipy: Any, target: tuple[str, float] | None) -> tuple[str, str, str]:
+    """(ratio, target text, met) for one row."""
+    numbers = not isinstance(tri, dict) and not isinstance(ipy, dict)
+    ratio = tri / ipy if numbers and tri is not None and ipy not in (None, 0) else None
+    ratio_text = f"{ratio:.2f}" if ratio is not None else "-"
+    if target is None:
+        return ratio_text, "-", "-"
+    how, threshold = target
+    if how == "ratio":
+        text = f"ratio <= {threshold}"
+        met = "-" if ratio is None else ("yes" if ratio <= threshold else "NO")
+    else:
+        text = f"<= {fmt_seconds(threshold)}" if threshold else "== 0"
+        met = "-" if isinstance(tri, dict) or tri is None else ("yes" if tri <= threshold else "NO")
+    return ratio_text, text, met
+
+
+def main_table(results: dict[str, dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
+    names = list(results)
+    tri = results.get("trikernel", {})
+    ipy = results.get("ipykernel", {})
+    rows, records = [], []
+    for label, key, kind, target in ROWS:
+        ratio, target_text, met = verdict(tri.get(key), ipy.get(key), target)
+        cells = [fmt_value(results[n].get(key, {"na": "not run"}), kind) for n in names]
+        rows.append([label, *cells, ratio, target_text, met])
+        records.append(
+            dict(zip(["metric", *names, "ratio", "target", "met"], rows[-1], strict=True))
+        )
+    headers = ["metric", *names, "ratio (tri/ipy)", "target", "met"]
+    return render_table(headers, rows), records
+
+
+def notes(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Errors and n/a reasons under the table: one line per kernel and distinct reason."""
+    lines = []
+    for name, res in results.items():
+        reasons: dict[str, list[str]] = {}
+        for key, value in res.items():
+            if isinstance(value, dict) and ("error" in value or "na" in value):
+                text = f"n/a: {value['na']}" if "na" in value else f"error: {value['error']}"
+                reasons.setdefault(text, []).append(key)
+        for text, keys in reasons.items():
+            lines.append(f"{name} [{', '.join(keys)}] {text}")
+        lines += [f"{name} {err}" for err in res.get("launch_errors", [])]
+    return lines
+
+
+def scaling_tables(results: dict[str, dict[str, Any]]) -> str:
+    names = [n for n in results if "scaling" in results[n]]
+    if not names:
+        return ""
+    rows = []
+    counts = sorted({int(c) for n in names for c in results[n]["scaling"]["clients"]})
+    for c in counts:
+        for n in names:
+            r = results[n]["scaling"]["clients"].get(str(c))
+            if r is None:
+                rows.append([str(c), n, *["error"] * 5])
+                continue
+            rows.append(
+                [
+                    str(c),
+                    n,
+                    fmt_seconds(r["pass_reply"]["p50"]),
+                    fmt_seconds(r["pass_idle"]["p50"]),
+                    fmt_seconds(r["prints10k"]["last_s"]),
+                    str(r["prints10k"]["lost_max"]),
+                    fmt_seconds(r["display1mb"]["last_s"]),
+                ]
+            )
+    headers = [
+        "clients",
+        "kernel",
+        "`pass` reply p50",
+        "`pass` idle p50",
+        "10k prints -> idle at all",
+        "lines lost (worst client)",
+        "1 MB display -> idle at all",
+    ]
+    out = [render_table(headers, rows)]
+    rows = []
+    sizes = sorted({int(s) for n in names for s in results[n]["scaling"]["sizes"]})
+    for size in sizes:
+        for n in names:
+            r = results[n]["scaling"]["sizes"].get(str(size))
+            cells = (
+                ["error"] * 3
+                if r is None
+                else [
+                    fmt_seconds(r["arrive_s"]),
+                    fmt_seconds(r["idle_s"]),
+                    f"{size / r['arrive_s'] / 1e6:.1f} MB/s",
+                ]
+            )
+            rows.append([fmt_bytes(size), n, *cells])
+    out.append(
+        render_table(
+            ["display payload", "kernel", "-> display_data", "-> idle", "throughput"], rows
+        )
+    )
+    errors = [
+        f"{n} {label}: {e}" for n in names for label, e in results[n]["scaling"]["errors"].items()
+    ]
+    if errors:
+        out.append("\n".join(errors))
+    return "\n\n".join(out)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    p.add_argument("--scaling", action="store_true", help="also run the scaling section")
+    p.add_argument("--kernels", default="trikernel,ipykernel", help="comma-separated")
+    p.add_argument("--json", default=str(RESULTS / "kernels.json"), help="where to write results")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="run py-spy on the kernel tree during each step (numbers are then distorted)",
+    )
+    p.add_argument(
+        "--steps",
+        default="",
+        help="only these steps (comma-separated: launches,"
+        + ",".join(s for s, _, _ in EXEC_STEPS[1:])
+        + ")",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every kernel is still shut down and reaped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cfg = make_config(args.quick)
+    names = [n.strip() for n in args.kernels.split(",") if n.strip()]
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    json_path = Path(args.json)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    profile_dir = Path(args.profile) if args.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = json_path.parent / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "machine": machine_info(),
+        "config": vars(cfg),
+        "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "results": {},
+    }
+    results: dict[str, dict[str, Any]] = report["results"]
+
+    def save() -> None:
+        json_path.write_text(json.dumps(report, indent=1, default=str))
+
+    for name in names:
+        kernel_spec(name)  # fail early on unknown names
+        print(f"== {name}", file=sys.stderr, flush=True)
+        began = perf()
+        res: dict[str, Any] = {}
+        results[name] = res
+        if not steps or "launches" in steps:
+            res.update(step_launches(name, cfg, log_dir))
+            save()
+        res.update(run_exec_steps(name, cfg, log_dir, steps, profile_dir))
+        save()
+        if args.scaling:
+            res["scaling"] = run_scaling(name, cfg, log_dir)
+            save()
+        res["bench_seconds"] = perf() - began
+    table, records = main_table(results)
+    report["table"] = records
+    report["notes"] = notes(results)
+    report["scaling_table"] = scaling_tables(results)
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    save()
+    print(table)
+    for line in report["notes"]:
+        print(f"  - {line}")
+    if report["scaling_table"]:
+        print()
+        print(report["scaling_table"])
+    print(f"\nresults: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
