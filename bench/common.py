@@ -6,10 +6,15 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -22,6 +27,8 @@ __all__ = [
     "tree_memory",
     "wait_processes_gone",
     "kill_processes",
+    "profiled",
+    "summarize_stacks",
     "machine_info",
     "render_table",
     "fmt_seconds",
@@ -121,6 +128,65 @@ def kill_processes(procs: Iterable[psutil.Process]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return killed
+
+
+# -- profiling ------------------------------------------------------------------------------
+
+
+@contextmanager
+def profiled(pid: int, label: str, out_dir: Path | None) -> Iterator[None]:
+    """Run ``py-spy record`` on a process and all its subprocesses around a block; write the
+    raw collapsed stacks and a summary of the hottest functions to out_dir (no-op if None)."""
+    if out_dir is None:
+        yield
+        return
+    py_spy = Path(sys.executable).with_name("py-spy")
+    raw = out_dir / f"{label}.txt"
+    cmd = [str(py_spy), "record", "--pid", str(pid), "--subprocesses", "--nonblocking"]
+    cmd += ["--rate", "250", "--format", "raw", "--output", str(raw)]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # let it attach
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+        if raw.exists():
+            (out_dir / f"{label}.top.txt").write_text(summarize_stacks(raw.read_text()))
+
+
+_LINE = re.compile(r"(\(.*?):\d+\)$")
+
+
+def summarize_stacks(raw: str, top: int = 25) -> str:
+    """Top functions by self and by inclusive samples, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    processes: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_LINE.sub(r"\1)", f) for f in stack.split(";")]  # per function, not per line
+        total += n
+        if frames[0].startswith("process "):
+            processes[frames[0]] += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    out = [f"samples: {total}", "", "by process:"]
+    out += [f"{n / total:6.1%}  {p}" for p, n in processes.most_common()]
+    out += ["", "self:"]
+    out += [f"{n / total:6.1%}  {f}" for f, n in own.most_common(top)] if total else []
+    out += ["", "inclusive:"]
+    out += [f"{n / total:6.1%}  {f}" for f, n in inclusive.most_common(top)] if total else []
+    return "\n".join(out) + "\n"
 
 
 # -- machine --------------------------------------------------------------------------------

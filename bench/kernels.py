@@ -22,15 +22,11 @@ import argparse
 import json
 import math
 import os
-import re
 import signal
-import subprocess
 import sys
 import time
 import traceback
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
@@ -45,6 +41,7 @@ from common import (
     machine_info,
     median,
     process_tree,
+    profiled,
     render_table,
     summarize,
     tree_memory,
@@ -636,65 +633,6 @@ def step_heartbeat(k: Kernel, cfg: Config) -> dict[str, Any]:
     return out
 
 
-# -- profiling (--profile DIR) -------------------------------------------------------------
-
-
-@contextmanager
-def profiled(k: Kernel, label: str, out_dir: Path | None) -> Iterator[None]:
-    """Run ``py-spy record`` on the kernel and all its subprocesses around a step; write the
-    raw collapsed stacks and a summary of the hottest functions to out_dir."""
-    if out_dir is None:
-        yield
-        return
-    py_spy = Path(sys.executable).with_name("py-spy")
-    raw = out_dir / f"{label}.txt"
-    cmd = [str(py_spy), "record", "--pid", str(k.pid), "--subprocesses", "--nonblocking"]
-    cmd += ["--rate", "250", "--format", "raw", "--output", str(raw)]
-    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # let it attach
-    try:
-        yield
-    finally:
-        spy.send_signal(signal.SIGINT)
-        try:
-            spy.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
-        if raw.exists():
-            (out_dir / f"{label}.top.txt").write_text(summarize_stacks(raw.read_text()))
-
-
-_LINE = re.compile(r"(\(.*?):\d+\)$")
-
-
-def summarize_stacks(raw: str, top: int = 25) -> str:
-    """Top functions by self and by inclusive samples, from py-spy's collapsed stacks."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    processes: Counter[str] = Counter()
-    total = 0
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        frames = [_LINE.sub(r"\1)", f) for f in stack.split(";")]  # per function, not per line
-        total += n
-        if frames[0].startswith("process "):
-            processes[frames[0]] += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            inclusive[frame] += n
-    out = [f"samples: {total}", "", "by process:"]
-    out += [f"{n / total:6.1%}  {p}" for p, n in processes.most_common()]
-    out += ["", "self:"]
-    out += [f"{n / total:6.1%}  {f}" for f, n in own.most_common(top)] if total else []
-    out += ["", "inclusive:"]
-    out += [f"{n / total:6.1%}  {f}" for f, n in inclusive.most_common(top)] if total else []
-    return "\n".join(out) + "\n"
-
-
 EXEC_STEPS: list[tuple[str, Callable[[Kernel, Config], dict[str, Any]], tuple[str, ...]]] = [
     ("smoke", step_smoke, ()),
     (
@@ -736,7 +674,7 @@ def run_exec_steps(
                     k = Kernel(name, log_dir)
                     k.start()
                     k.wait_ready()
-                with profiled(k, f"{name}-{step}", profile_dir):
+                with profiled(k.pid, f"{name}-{step}", profile_dir):
                     out.update(fn(k, cfg))
             except Exception as exc:
                 text = (
