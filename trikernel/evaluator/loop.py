@@ -1,0 +1,444 @@
+"""The evaluator's persistent trio loop: frames in, cells run, replies out.
+
+Theory of operation
+-------------------
+One ``trio.run`` lives as long as the evaluator. Its main task reads frames
+from the bridge (``Inbox``) and dispatches them:
+
+* ``execute`` starts the cell in its own task, inside a fresh ``CancelScope``;
+  at most one cell runs at a time (the bridge serialises them);
+* ``interrupt`` cancels that scope (and is acknowledged with ``interrupt_ack``);
+* ``request`` (complete, inspect, history, is_complete, comm_info) and ``comm``
+  go, in order, to one worker task. While a cell *awaits*, they are answered
+  concurrently; while a cell runs synchronous code they wait for the loop;
+* ``shutdown`` or end of stream stops everything.
+
+``background`` in the user namespace wraps a nursery opened at start-up, so its
+tasks outlive the cells that start them and an interrupt (which cancels only
+the cell's scope) leaves them running. An exception in a background task is
+shown as an ``error`` output naming the task; the evaluator carries on.
+Background output is not tagged with a cell: everything goes through one
+ordered pipe, so a background print made while a cell runs arrives among that
+cell's outputs, and one made between cells arrives on its own (the kernel
+attributes it, e.g. to the last request).
+
+What SIGINT does (our handler replaces trio's, which would deliver it to the
+main task and end the evaluator):
+
+=============================================  =======================================
+state when SIGINT arrives                      effect
+=============================================  =======================================
+no cell running                                nothing
+cell waiting in input()/getpass()              KeyboardInterrupt raised in the cell
+cell (or a task it started) runs user code     KeyboardInterrupt raised there
+cell task is inside trio or trikernel code     cell scope cancelled; SIGINT re-sent to
+                                               ourselves every 10 ms until it lands in
+                                               user code or the cell ends
+loop idle / another task runs (cell awaits)    cell scope cancelled (run_sync_soon)
+=============================================  =======================================
+
+A cancelled awaiting cell reports ``KeyboardInterrupt`` (``KernelShell``
+renders the trio.Cancelled that way). A pending ``input()`` also raises
+KeyboardInterrupt when an ``interrupt`` frame arrives, since it reads the pipe
+itself while it blocks.
+
+C-level output: after each cell the evaluator writes a marker (containing a
+per-process token) to fd 1 and fd 2 and reports how many it wrote in the
+reply, so the bridge can forward everything written there before the reply.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .protocol import (
+    CLOSED,
+    COMM,
+    EXECUTE,
+    INPUT_REPLY,
+    INPUT_REQUEST,
+    INTERRUPT,
+    INTERRUPT_ACK,
+    READY,
+    REPLY,
+    REQUEST,
+    RESPONSE,
+    SHUTDOWN,
+    Frame,
+    FrameDecoder,
+)
+from .shell import KernelShell, Outbox
+
+__all__ = ["Inbox", "Background", "EvaluatorLoop", "sync_marker"]
+
+_MACHINERY = ("trio", "trikernel", "outcome", "sniffio")
+_RETRY_DELAY = 0.01
+
+
+def sync_marker(token: str) -> bytes:
+    """The end-of-cell marker written to fd 1 and fd 2 (see the bridge)."""
+    return b"\x00\x1b[trikernel-sync:" + token.encode("ascii") + b"]\x00"
+
+
+class Inbox:
+    """Frames from the bridge: read by the trio loop, or synchronously by input()."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._decoder = FrameDecoder()
+        os.set_blocking(fd, False)
+
+    def next_buffered(self) -> Frame | None:
+        """A frame already decoded, if any (EOF is reported by the receive methods)."""
+        frame = self._decoder.next_frame()
+        return frame if isinstance(frame, Frame) else None
+
+    async def receive(self) -> Frame | None:
+        """Next frame, or None at end of stream."""
+        while True:
+            frame = self._decoder.next_frame()
+            if isinstance(frame, Frame):
+                return frame
+            if frame is CLOSED:
+                return None
+            await trio.lowlevel.wait_readable(self._fd)
+            self._read()
+
+    def wait_readable_sync(self) -> None:
+        select.select([self._fd], [], [])
+
+    def read_sync(self) -> Frame | None:
+        """After ``wait_readable_sync``: read, then a frame if one is complete."""
+        self._read()
+        frame = self._decoder.next_frame()
+        if frame is CLOSED:
+            os._exit(0)  # the bridge is gone
+        return frame if isinstance(frame, Frame) else None
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            return
+        self._decoder.receive_data(data)
+
+
+class Background:
+    """``background``: start tasks that outlive the cell (a nursery's start API).
+
+    ``start_soon(fn, *args)`` / ``await start(fn, *args)`` as on a trio nursery.
+    An exception in such a task is shown as an error output; it does not cancel
+    the other tasks or end the evaluator. (The nursery itself is not exposed, so
+    a cell cannot cancel it by accident.)
+    """
+
+    def __init__(self, nursery: trio.Nursery, shell: KernelShell) -> None:
+        self._nursery = nursery
+        self._shell = shell
+
+    @property
+    def child_tasks(self) -> frozenset[trio.lowlevel.Task]:
+        return self._nursery.child_tasks
+
+    def start_soon(self, async_fn: Any, *args: Any, name: object = None) -> None:
+        self._nursery.start_soon(self._guard, async_fn, args, name=name or _name_of(async_fn))
+
+    async def start(self, async_fn: Any, *args: Any, name: object = None) -> Any:
+        return await self._nursery.start(
+            self._guard, async_fn, args, name=name or _name_of(async_fn)
+        )
+
+    async def _guard(
+        self,
+        async_fn: Any,
+        args: tuple[Any, ...],
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        status = _Status(task_status)
+        try:
+            if task_status is trio.TASK_STATUS_IGNORED:
+                await async_fn(*args)
+            else:
+                await async_fn(*args, task_status=status)
+        except Exception as exc:
+            if task_status is not trio.TASK_STATUS_IGNORED and not status.done:
+                raise  # before started(): the caller of start() gets it
+            self._shell.show_background_error(exc, _name_of(async_fn))
+
+    def __repr__(self) -> str:
+        return f"<background nursery, {len(self.child_tasks)} task(s)>"
+
+
+class _Status:
+    def __init__(self, inner: trio.TaskStatus[Any]) -> None:
+        self._inner = inner
+        self.done = False
+
+    def started(self, value: Any = None) -> None:
+        self._inner.started(value)
+        self.done = True
+
+
+def _name_of(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or fn)
+
+
+@dataclass
+class _Cell:
+    id: int
+    task: trio.lowlevel.Task
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+def _descends_from(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> bool:
+    current: trio.lowlevel.Task | None = task
+    while current is not None:
+        if current is ancestor:
+            return True
+        nursery = current.parent_nursery
+        current = nursery.parent_task if nursery is not None else None
+    return False
+
+
+def _is_machinery(frame: types.FrameType) -> bool:
+    name = frame.f_globals.get("__name__", "")
+    return any(name == m or name.startswith(m + ".") for m in _MACHINERY)
+
+
+class EvaluatorLoop:
+    """Serve the bridge until shutdown. ``trio.run(EvaluatorLoop(...).run)``."""
+
+    def __init__(self, shell: KernelShell, outbox: Outbox, inbox: Inbox, sync_token: str) -> None:
+        self.shell = shell
+        self.outbox = outbox
+        self.inbox = inbox
+        self._marker = sync_marker(sync_token)
+        self._sync_token = sync_token
+        self._fd_ids = {fd: _fd_id(fd) for fd in (1, 2)}
+        self._fd_sync = [0, 0]
+        self._cell: _Cell | None = None
+        self._waiting_for_input = False
+        self._cell_entry_codes = {
+            KernelShell.run_cell_for_kernel.__code__,
+            KernelShell.make_reply.__code__,
+        }
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._work_send, self._work_receive = trio.open_memory_channel[Frame](1000)
+        self._retry_r, self._retry_w = os.pipe()
+        os.set_blocking(self._retry_w, False)
+        threading.Thread(
+            target=self._retry_interrupts, name="trikernel-sigint", daemon=True
+        ).start()
+
+    def install_signal_handler(self) -> None:
+        """Call before ``trio.run`` so trio keeps its hands off SIGINT."""
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    async def run(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            background = await nursery.start(self._hold_background)
+            self.shell.user_ns["background"] = background
+            nursery.start_soon(self._work)
+            body = {
+                "pid": os.getpid(),
+                "execution_count": self.shell.execution_count,
+                "sync_token": self._sync_token,
+            }
+            self.outbox.send(Frame(READY, body))
+            while (frame := await self.inbox.receive()) is not None:
+                if frame.kind == SHUTDOWN:
+                    break
+                self._dispatch(frame)
+            nursery.cancel_scope.cancel()
+
+    async def _hold_background(self, task_status: trio.TaskStatus[Background]) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started(Background(nursery, self.shell))
+            await trio.sleep_forever()
+
+    # -- frames ------------------------------------------------------------------
+    def _dispatch(self, frame: Frame) -> None:
+        """Handle one frame; sync, so input() can call it while the loop is blocked."""
+        if frame.kind == EXECUTE:
+            self._nursery.start_soon(self._run_cell, frame.body)
+        elif frame.kind == INTERRUPT:
+            self._cancel_cell(frame.body["id"], ack=True)
+        elif frame.kind in (REQUEST, COMM):
+            try:
+                self._work_send.send_nowait(frame)
+            except trio.WouldBlock:
+                print("trikernel: request queue full, dropped a", frame.kind, file=sys.stderr)
+        # INPUT_REPLY outside input(): a late answer to an interrupted input(); drop it.
+
+    async def _work(self) -> None:
+        async for frame in self._work_receive:
+            body = frame.body
+            if frame.kind == REQUEST:
+                content = self.shell.handle_request(body["msg_type"], body["content"])
+                self.outbox.send(Frame(RESPONSE, {"id": body["id"], "content": content}))
+            else:
+                self.shell.handle_comm(
+                    body["msg_type"], body["content"], body.get("metadata", {}), list(frame.buffers)
+                )
+            await trio.lowlevel.checkpoint()
+
+    # -- cells -------------------------------------------------------------------
+    async def _run_cell(self, body: dict[str, Any]) -> None:
+        content = body["content"]
+        silent = bool(content.get("silent", False))
+        store_history = bool(content.get("store_history", True)) and not silent
+        if self._cell is not None:
+            raise RuntimeError("the bridge sent an execute while a cell was running")
+        shell = self.shell
+        cell = self._cell = _Cell(body["id"], trio.lowlevel.current_task())
+        shell.interrupted = False
+        shell.stdin_handler = self._request_input if body.get("allow_stdin") else None
+        if silent:
+            self.outbox.set_muted(True)
+        try:
+            with cell.scope:
+                result = await shell.run_cell_for_kernel(
+                    content.get("code", ""), silent=silent, store_history=store_history
+                )
+            if cell.scope.cancelled_caught:
+                result = None
+                shell.show_interrupted()
+            reply = shell.make_reply(result, content.get("user_expressions") or {})
+        finally:
+            self._cell = None
+            shell.stdin_handler = None
+            if silent:
+                self.outbox.set_muted(False)
+        fd_sync = self._write_sync_markers()
+        self.outbox.send(Frame(REPLY, {"id": cell.id, "content": reply, "fd_sync": fd_sync}))
+
+    def _write_sync_markers(self) -> list[int]:
+        _flush_c_stdio()
+        for i, fd in enumerate((1, 2)):
+            if self._fd_ids[fd] is not None and _fd_id(fd) == self._fd_ids[fd]:
+                try:
+                    os.write(fd, self._marker)
+                    self._fd_sync[i] += 1
+                except OSError:
+                    self._fd_ids[fd] = None  # the user closed it: stop marking it
+        return list(self._fd_sync)
+
+    def _cancel_cell(self, cell_id: int, *, ack: bool = False) -> None:
+        cell = self._cell
+        if cell is None or cell.id != cell_id:
+            return  # that cell has finished already
+        self.shell.interrupted = True
+        cell.scope.cancel()
+        if ack:
+            self.outbox.send(Frame(INTERRUPT_ACK, {"id": cell_id}))
+
+    # -- stdin -----------------------------------------------------------------
+    def _request_input(self, prompt: str, password: bool) -> str:
+        """input()/getpass() of the running cell: ask the bridge, read the pipe ourselves."""
+        cell = self._cell
+        assert cell is not None
+        self.outbox.send(
+            Frame(INPUT_REQUEST, {"id": cell.id, "prompt": prompt, "password": password})
+        )
+        answer: dict[str, Any] | None = None
+        while answer is None:
+            frame = self.inbox.next_buffered()
+            if frame is None:
+                self._waiting_for_input = True
+                try:
+                    self.inbox.wait_readable_sync()
+                finally:
+                    self._waiting_for_input = False
+                frame = self.inbox.read_sync()
+                if frame is None:
+                    continue
+            if frame.kind == INPUT_REPLY:
+                answer = frame.body
+            elif frame.kind == INTERRUPT and frame.body.get("id") == cell.id:
+                raise KeyboardInterrupt
+            else:
+                self._dispatch(frame)
+        while (frame := self.inbox.next_buffered()) is not None:
+            self._dispatch(frame)  # what came in behind the answer
+        if "error" in answer:
+            raise EOFError(f"input request failed: {answer['error']}")
+        return str(answer.get("value", ""))
+
+    # -- SIGINT ----------------------------------------------------------------
+    def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
+        cell = self._cell
+        if cell is None:
+            return
+        if self._waiting_for_input:
+            raise KeyboardInterrupt
+        try:
+            task = trio.lowlevel.current_task()
+        except RuntimeError:
+            task = None  # trio's own scheduling code runs: the cell awaits
+        if task is not None and _descends_from(task, cell.task):
+            if frame is not None and not self._in_machinery(frame, task):
+                raise KeyboardInterrupt
+            os.write(self._retry_w, b"!")  # try again when we are out of our own code
+        if self._token is not None:
+            self._token.run_sync_soon(self._cancel_cell, cell.id)
+
+    def _in_machinery(self, frame: types.FrameType, task: trio.lowlevel.Task) -> bool:
+        """Is the innermost running code ours or trio's (not safe to interrupt)?"""
+        root = getattr(task.coro, "cr_frame", None)
+        f: types.FrameType | None = frame
+        while f is not None:
+            if f.f_code in self._cell_entry_codes:
+                return f is frame  # user/IPython code runs inside it, unless it is innermost
+            if _is_machinery(f):
+                return True
+            if f is root:
+                return False
+            f = f.f_back
+        return True
+
+    def _retry_interrupts(self) -> None:
+        main = threading.main_thread().ident
+        assert main is not None
+        while os.read(self._retry_r, 64):
+            time.sleep(_RETRY_DELAY)
+            cell = self._cell
+            # Once the scope is cancelled the cell has reached a checkpoint (the loop
+            # ran): the cancellation does the job, no KeyboardInterrupt on top of it.
+            if cell is not None and not cell.scope.cancel_called:
+                signal.pthread_kill(main, signal.SIGINT)
+
+
+def _fd_id(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+try:
+    _libc: Any = ctypes.CDLL(None)
+except OSError:  # pragma: no cover - no C library to flush
+    _libc = None
+
+
+def _flush_c_stdio() -> None:
+    """fflush(NULL): C code's buffered printf output goes out before the marker."""
+    if _libc is not None:
+        try:
+            _libc.fflush(None)
+        except Exception:  # pragma: no cover - best effort
+            pass
