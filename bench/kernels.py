@@ -379,11 +379,19 @@ def one_launch(k: Kernel, cfg: Config, samples: dict[str, list[Any]]) -> list[st
         k.client.shutdown()
         gone = wait_processes_gone(procs, SHUTDOWN_TIMEOUT)
         if gone is None:
-            raise StepError(f"processes alive {SHUTDOWN_TIMEOUT} s after shutdown_request")
+            alive = [describe(p) for p in procs if p.is_running()]
+            raise StepError(f"{SHUTDOWN_TIMEOUT} s after shutdown_request still alive: {alive}")
         samples["shutdown_s"].append(gone)
     except Exception as exc:
         errors.append(f"shutdown: {exc}")
     return errors
+
+
+def describe(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.pid} {proc.status()} {' '.join(proc.cmdline()[1:4])}"
+    except psutil.Error as exc:
+        return f"{proc.pid} ({type(exc).__name__})"
 
 
 LAUNCH_KEYS = (
