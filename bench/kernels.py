@@ -23,6 +23,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -66,11 +67,19 @@ SHUTDOWN_TIMEOUT = 15.0
 # -- kernels --------------------------------------------------------------------------------
 
 
+# --trikernel-src DIR: run trikernel from a source tree (e.g. `git archive HEAD`) instead of the
+# installed one: PYTHONPATH=DIR and cwd=DIR for the kernel (and so for its evaluator).
+TRIKERNEL_SRC: Path | None = None
+
+
 def kernel_spec(name: str) -> KernelSpec:
     """The kernel's own kernel.json with argv pinned to this interpreter."""
     if name == "trikernel":
-        spec = json.loads((REPO / "kernelspec" / "kernel.json").read_text())
+        root = TRIKERNEL_SRC or REPO
+        spec = json.loads((root / "kernelspec" / "kernel.json").read_text())
         module = "trikernel"
+        if TRIKERNEL_SRC is not None:
+            spec["env"] = {"PYTHONPATH": str(TRIKERNEL_SRC)}
     elif name == "ipykernel":
         from ipykernel.kernelspec import get_kernel_dict
 
@@ -154,7 +163,8 @@ class Kernel:
     def start(self) -> None:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.launched_at = perf()
-        self.km.start_kernel(stdout=self._log, stderr=self._log)
+        cwd = str(TRIKERNEL_SRC) if TRIKERNEL_SRC and self.name == "trikernel" else os.getcwd()
+        self.km.start_kernel(stdout=self._log, stderr=self._log, cwd=cwd)
         self.pid = self.km.provisioner.process.pid  # type: ignore[union-attr]
         self.remember_processes()
         kc = self.km.client()
@@ -430,8 +440,18 @@ def step_launches(name: str, cfg: Config, log_dir: Path) -> dict[str, Any]:
 
 
 def step_smoke(k: Kernel, cfg: Config) -> dict[str, Any]:
-    k.execute("_bench = 1")
-    return {}
+    """Can the kernel run a cell at all? Also records which code the kernel tree runs."""
+    cell = k.execute(
+        "import sys\nprint([getattr(sys.modules.get(m), '__file__', None)"
+        " for m in ('trikernel', 'ipykernel')])"
+    )
+    where = {"cell": cell.stdout().strip()}
+    for proc in k.remember_processes():
+        try:
+            where[str(proc.pid)] = f"cwd={proc.cwd()} argv={' '.join(proc.cmdline())}"
+        except psutil.Error:
+            pass
+    return {"code_location": where}
 
 
 def step_pass(k: Kernel, cfg: Config) -> dict[str, Any]:
@@ -641,6 +661,24 @@ def step_heartbeat(k: Kernel, cfg: Config) -> dict[str, Any]:
     return out
 
 
+def step_polite_shutdown(k: Kernel, cfg: Config) -> dict[str, Any]:
+    """What a user waits for: KernelManager.shutdown_kernel() (interrupt, shutdown_request,
+    poll for exit, SIGTERM after shutdown_wait_time/2, SIGKILL after shutdown_wait_time)."""
+    procs = k.remember_processes()
+    popen = k.km.provisioner.process  # type: ignore[union-attr]
+    start = perf()
+    k.km.shutdown_kernel()
+    returned = perf() - start
+    gone = wait_processes_gone(procs, SHUTDOWN_TIMEOUT)
+    code = popen.wait(timeout=5)
+    how = {0: "exited 0", -15: "SIGTERM from KernelManager", -9: "SIGKILL from KernelManager"}
+    return {
+        "km_shutdown_s": returned,
+        "km_shutdown_all_gone_s": {"error": "processes left"} if gone is None else returned + gone,
+        "km_shutdown_exit": how.get(code, f"exit code {code}"),
+    }
+
+
 EXEC_STEPS: list[tuple[str, Callable[[Kernel, Config], dict[str, Any]], tuple[str, ...]]] = [
     ("smoke", step_smoke, ()),
     (
@@ -657,6 +695,7 @@ EXEC_STEPS: list[tuple[str, Callable[[Kernel, Config], dict[str, Any]], tuple[st
         step_heartbeat,
         tuple(f"hb_{w}_{q}_s" for w in ("spin", "sleep") for q in ("p50", "p99", "max")),
     ),
+    ("polite_shutdown", step_polite_shutdown, ("km_shutdown_s",)),
 ]
 
 
@@ -874,6 +913,7 @@ ROWS: list[tuple[str, str, str, tuple[str, float] | None]] = [
     ("idle RSS, process tree (median)", "idle_rss_bytes", "b", ("ratio", 1.3)),
     ("idle USS, process tree (info)", "idle_uss_bytes", "b", None),
     ("shutdown_request -> all gone (median)", "shutdown_s", "s", None),
+    ("KernelManager.shutdown_kernel() returns", "km_shutdown_s", "s", None),
 ]
 
 
@@ -999,12 +1039,37 @@ def scaling_tables(results: dict[str, dict[str, Any]]) -> str:
 # -- main -----------------------------------------------------------------------------------
 
 
+def trikernel_source() -> dict[str, str]:
+    """Which trikernel is measured: the source tree, its git commit and local changes."""
+    root = TRIKERNEL_SRC or REPO
+    out = {"tree": str(root)}
+    commit = root / "COMMIT"  # written next to a `git archive` snapshot, if any
+    if commit.exists():
+        out["commit"] = commit.read_text().strip()
+    elif (root / ".git").exists():
+        git = ["git", "-C", str(root)]
+        out["commit"] = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        out["local_changes"] = subprocess.run(
+            [*git, "status", "--short", "--", "trikernel", "kernelspec"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     p.add_argument("--scaling", action="store_true", help="also run the scaling section")
     p.add_argument("--kernels", default="trikernel,ipykernel", help="comma-separated")
     p.add_argument("--json", default=str(RESULTS / "kernels.json"), help="where to write results")
+    p.add_argument(
+        "--trikernel-src",
+        metavar="DIR",
+        help="run trikernel from this source tree (PYTHONPATH and cwd) instead of the installed one",
+    )
     p.add_argument(
         "--profile",
         metavar="DIR",
@@ -1025,6 +1090,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every kernel is still shut down and reaped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = make_config(args.quick)
+    global TRIKERNEL_SRC
+    TRIKERNEL_SRC = Path(args.trikernel_src).resolve() if args.trikernel_src else None
     names = [n.strip() for n in args.kernels.split(",") if n.strip()]
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     json_path = Path(args.json)
@@ -1039,6 +1106,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": vars(cfg),
         "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "trikernel_source": trikernel_source(),
         "results": {},
     }
     results: dict[str, dict[str, Any]] = report["results"]
