@@ -99,7 +99,7 @@ __all__ = [
 OutputCallback = Callable[[str, dict[str, Any], list[bytes]], Awaitable[None]]
 InputCallback = Callable[[str, bool], Awaitable[str]]
 
-ACK_TIMEOUT = 0.05  # an idle evaluator loop acknowledges an interrupt frame well within this
+ACK_TIMEOUT = 0.02  # an evaluator loop that is not blocked acknowledges well within this
 FD_SYNC_TIMEOUT = 2.0  # how long a reply waits for the fd 1/2 markers
 STARTUP_TIMEOUT = 60.0
 EXIT_TIMEOUT = 1.0  # after the frame pipe closes, how long the process may take to exit
@@ -144,17 +144,24 @@ async def open_subprocess_evaluator(
     Raises:
         EvaluatorDied: the evaluator could not be started.
     """
+    failed: EvaluatorDied | None = None
     async with trio.open_nursery() as nursery:
         evaluator = SubprocessEvaluator(
             nursery, on_output, grace_period=grace_period, python=python, env=env, cwd=cwd
         )
         try:
-            await evaluator.wait_ready()
-            yield evaluator
+            try:
+                await evaluator.wait_ready()
+            except EvaluatorDied as exc:
+                failed = exc  # raised below, outside the nursery: not in an ExceptionGroup
+            else:
+                yield evaluator
         finally:
             with trio.CancelScope(shield=True):
                 await evaluator.aclose()
             nursery.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
 
 
 class _Call:

@@ -8,16 +8,19 @@ from the bridge (``Inbox``) and dispatches them:
 * ``execute`` starts the cell in its own task, inside a fresh ``CancelScope``;
   at most one cell runs at a time (the bridge serialises them);
 * ``interrupt`` cancels that scope (and is acknowledged with ``interrupt_ack``);
-* ``request`` (complete, inspect, history, is_complete, comm_info) and ``comm``
-  go, in order, to one worker task. While a cell *awaits*, they are answered
+* ``comm`` (frontend comm_open/msg/close) is handled at once, so it is in
+  order with the execute requests around it;
+* ``request`` (complete, inspect, history, is_complete, comm_info) goes, in
+  order, to one worker task. While a cell *awaits*, requests are answered
   concurrently; while a cell runs synchronous code they wait for the loop;
 * ``shutdown`` or end of stream stops everything.
 
-``background`` in the user namespace wraps a nursery opened at start-up, so its
+``trio`` is imported into the user namespace. ``background`` wraps a nursery opened at start-up, so its
 tasks outlive the cells that start them and an interrupt (which cancels only
 the cell's scope) leaves them running. An exception in a background task is
 shown as an ``error`` output naming the task; the evaluator carries on.
-Background output is not tagged with a cell: everything goes through one
+Output of a ``silent`` cell is dropped, including background output produced
+while it runs. Background output is not tagged with a cell: everything goes through one
 ordered pipe, so a background print made while a cell runs arrives among that
 cell's outputs, and one made between cells arrives on its own (the kernel
 attributes it, e.g. to the last request).
@@ -31,9 +34,11 @@ state when SIGINT arrives                      effect
 no cell running                                nothing
 cell waiting in input()/getpass()              KeyboardInterrupt raised in the cell
 cell (or a task it started) runs user code     KeyboardInterrupt raised there
-cell task is inside trio or trikernel code     cell scope cancelled; SIGINT re-sent to
-                                               ourselves every 10 ms until it lands in
-                                               user code or the cell ends
+cell task is inside trio or trikernel code     cell scope cancelled, and a deferred
+                                               KeyboardInterrupt: raised when our code
+                                               returns to the user's (after a print or
+                                               display), or by SIGINT re-sent to ourselves
+                                               every 10 ms until one lands in user code
 loop idle / another task runs (cell awaits)    cell scope cancelled (run_sync_soon)
 =============================================  =======================================
 
@@ -61,6 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from IPython.core.error import StdinNotImplementedError
 
 from .protocol import (
     CLOSED,
@@ -229,6 +235,9 @@ class EvaluatorLoop:
         self._fd_sync = [0, 0]
         self._cell: _Cell | None = None
         self._waiting_for_input = False
+        self._pending_interrupt: _Cell | None = None  # SIGINT deferred out of our code
+        self._main_thread = threading.get_ident()
+        outbox.safe_point = self._raise_pending_interrupt
         self._cell_entry_codes = {
             KernelShell.run_cell_for_kernel.__code__,
             KernelShell.make_reply.__code__,
@@ -251,6 +260,7 @@ class EvaluatorLoop:
             self._nursery = nursery
             background = await nursery.start(self._hold_background)
             self.shell.user_ns["background"] = background
+            self.shell.user_ns.setdefault("trio", trio)  # so `await trio.sleep(1)` just works
             nursery.start_soon(self._work)
             body = {
                 "pid": os.getpid(),
@@ -276,7 +286,12 @@ class EvaluatorLoop:
             self._nursery.start_soon(self._run_cell, frame.body)
         elif frame.kind == INTERRUPT:
             self._cancel_cell(frame.body["id"], ack=True)
-        elif frame.kind in (REQUEST, COMM):
+        elif frame.kind == COMM:  # in arrival order, before a later execute
+            body = frame.body
+            self.shell.handle_comm(
+                body["msg_type"], body["content"], body.get("metadata", {}), list(frame.buffers)
+            )
+        elif frame.kind == REQUEST:
             try:
                 self._work_send.send_nowait(frame)
             except trio.WouldBlock:
@@ -286,13 +301,8 @@ class EvaluatorLoop:
     async def _work(self) -> None:
         async for frame in self._work_receive:
             body = frame.body
-            if frame.kind == REQUEST:
-                content = self.shell.handle_request(body["msg_type"], body["content"])
-                self.outbox.send(Frame(RESPONSE, {"id": body["id"], "content": content}))
-            else:
-                self.shell.handle_comm(
-                    body["msg_type"], body["content"], body.get("metadata", {}), list(frame.buffers)
-                )
+            content = self.shell.handle_request(body["msg_type"], body["content"])
+            self.outbox.send(Frame(RESPONSE, {"id": body["id"], "content": content}))
             await trio.lowlevel.checkpoint()
 
     # -- cells -------------------------------------------------------------------
@@ -318,7 +328,7 @@ class EvaluatorLoop:
                 shell.show_interrupted()
             reply = shell.make_reply(result, content.get("user_expressions") or {})
         finally:
-            self._cell = None
+            self._cell = self._pending_interrupt = None
             shell.stdin_handler = None
             if silent:
                 self.outbox.set_muted(False)
@@ -349,7 +359,8 @@ class EvaluatorLoop:
     def _request_input(self, prompt: str, password: bool) -> str:
         """input()/getpass() of the running cell: ask the bridge, read the pipe ourselves."""
         cell = self._cell
-        assert cell is not None
+        if cell is None or threading.get_ident() != self._main_thread:
+            raise StdinNotImplementedError("input() is only available in the running cell's thread")
         self.outbox.send(
             Frame(INPUT_REQUEST, {"id": cell.id, "prompt": prompt, "password": password})
         )
@@ -390,10 +401,26 @@ class EvaluatorLoop:
             task = None  # trio's own scheduling code runs: the cell awaits
         if task is not None and _descends_from(task, cell.task):
             if frame is not None and not self._in_machinery(frame, task):
+                self._pending_interrupt = None
                 raise KeyboardInterrupt
-            os.write(self._retry_w, b"!")  # try again when we are out of our own code
+            # In our own code: raise it when that code returns to the user's
+            # (Outbox.safe_point), or when a re-sent SIGINT lands in user code.
+            self._pending_interrupt = cell
+            os.write(self._retry_w, b"!")
         if self._token is not None:
             self._token.run_sync_soon(self._cancel_cell, cell.id)
+
+    def _raise_pending_interrupt(self) -> None:
+        cell = self._pending_interrupt
+        if cell is None or cell is not self._cell or threading.get_ident() != self._main_thread:
+            return
+        try:
+            task = trio.lowlevel.current_task()
+        except RuntimeError:
+            return
+        if _descends_from(task, cell.task):
+            self._pending_interrupt = None
+            raise KeyboardInterrupt
 
     def _in_machinery(self, frame: types.FrameType, task: trio.lowlevel.Task) -> bool:
         """Is the innermost running code ours or trio's (not safe to interrupt)?"""
@@ -414,10 +441,10 @@ class EvaluatorLoop:
         assert main is not None
         while os.read(self._retry_r, 64):
             time.sleep(_RETRY_DELAY)
-            cell = self._cell
+            cell = self._pending_interrupt
             # Once the scope is cancelled the cell has reached a checkpoint (the loop
             # ran): the cancellation does the job, no KeyboardInterrupt on top of it.
-            if cell is not None and not cell.scope.cancel_called:
+            if cell is not None and cell is self._cell and not cell.scope.cancel_called:
                 signal.pthread_kill(main, signal.SIGINT)
 
 

@@ -31,14 +31,14 @@ evaluator -> bridge::
 
     ready        {"pid": int, "execution_count": int, "sync_token": str}
     output       {"msg_type": str, "content": {...}, "metadata": {...}}  + buffers
-    reply        {"id": int, "content": execute_reply content, "fd_sync": int}
+    reply        {"id": int, "content": execute_reply content, "fd_sync": [int, int]}
     response     {"id": int, "content": reply content}
     input_request {"id": int, "prompt": str, "password": bool}
     interrupt_ack {"id": int}                      the cell's cancel scope is cancelled
 
 ``fd_sync`` is how many end-of-cell markers the evaluator has written to its
-fd 1 and fd 2 so far: the bridge waits until it has read that many from both
-pipes before handing back the reply, so C-level output of a cell arrives
+fd 1 and to its fd 2 so far: the bridge waits until it has read that many from
+each pipe before handing back the reply, so C-level output of a cell arrives
 before the cell's reply (see ``trikernel.bridge``).
 """
 

@@ -90,6 +90,9 @@ class Outbox:
         self._parts: list[str] = []
         self._size = 0
         self._muted = False
+        #: called after each write_stream/send_output, outside the lock, in the
+        #: writing thread: the evaluator loop raises a deferred KeyboardInterrupt there
+        self.safe_point: Callable[[], None] | None = None
         threading.Thread(target=self._flusher, name="trikernel-flusher", daemon=True).start()
 
     # -- producers -------------------------------------------------------------
@@ -107,6 +110,8 @@ class Outbox:
                 self._flush_locked()
             elif was_empty:
                 self._wake.notify()
+        if self.safe_point is not None:
+            self.safe_point()
 
     def send_output(
         self,
@@ -124,6 +129,8 @@ class Outbox:
             self._flush_locked()
             if not self._muted:
                 write_all(self._fd, data)
+        if self.safe_point is not None:
+            self.safe_point()
 
     def send(self, frame: Frame) -> None:
         """Send a control frame (reply, input request, ...), after pending text."""
@@ -445,8 +452,9 @@ class KernelShell(InteractiveShell):
             transformed, preprocessing = self.transform_cell(code), None
         except Exception:
             transformed, preprocessing = code, sys.exc_info()
+        result = None
         try:
-            return await self.run_cell_async(
+            result = await self.run_cell_async(
                 code,
                 store_history=store_history,
                 silent=silent,
@@ -455,7 +463,14 @@ class KernelShell(InteractiveShell):
             )
         except KeyboardInterrupt:  # landed in IPython's own code, outside run_code
             self.showtraceback()
-            return None
+        finally:
+            # run_cell() fires these around run_cell_async(); we call the latter
+            # directly, so fire them here (matplotlib_inline shows figures on
+            # post_execute).
+            self.events.trigger("post_execute")
+            if not silent and result is not None:
+                self.events.trigger("post_run_cell", result)
+        return result
 
     def show_interrupted(self) -> None:
         """The cell's cancellation escaped IPython: report it like a KeyboardInterrupt."""

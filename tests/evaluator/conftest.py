@@ -1,0 +1,108 @@
+"""Fixtures for the evaluator tests: a real evaluator subprocess behind the bridge.
+
+Rules: every test drives ``trikernel.bridge`` against a real subprocess; every
+wait is bounded by ``trio.fail_after``; IPython's profile directory is a temporary
+one, so history and config never touch the user's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from trikernel.bridge import SubprocessEvaluator, open_subprocess_evaluator
+
+TIMEOUT = 30
+
+
+class Recorder:
+    """The bridge's on_output: keeps every message, in order, and wakes waiters."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any], list[bytes]]] = []
+        self.times: list[float] = []
+        self._changed = trio.Event()
+
+    async def __call__(self, msg_type: str, content: dict[str, Any], buffers: list[bytes]) -> None:
+        self.messages.append((msg_type, content, buffers))
+        self.times.append(trio.current_time())
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def of_type(self, msg_type: str) -> list[dict[str, Any]]:
+        return [content for t, content, _ in self.messages if t == msg_type]
+
+    def text(self, name: str = "stdout") -> str:
+        return "".join(c["text"] for c in self.of_type("stream") if c["name"] == name)
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.times.clear()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+        with trio.fail_after(timeout):
+            while not predicate():
+                await self._changed.wait()
+
+
+def execute_content(code: str, **overrides: Any) -> dict[str, Any]:
+    content = {
+        "code": code,
+        "silent": False,
+        "store_history": True,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+    content.update(overrides)
+    return content
+
+
+async def run(
+    evaluator: SubprocessEvaluator, code: str, *, request_input: Any = None, **overrides: Any
+) -> dict[str, Any]:
+    with trio.fail_after(TIMEOUT):
+        return await evaluator.execute(
+            execute_content(code, **overrides), request_input=request_input
+        )
+
+
+@pytest.fixture
+def child_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def evaluator(
+    recorder: Recorder, child_env: dict[str, str]
+) -> AsyncIterator[SubprocessEvaluator]:
+    with trio.fail_after(TIMEOUT):
+        async with open_subprocess_evaluator(recorder, env=child_env, grace_period=3.0) as ev:
+            yield ev
+
+
+def alive(pid: int) -> bool:
+    """Is ``pid`` a live (not zombie) process? Reads /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    with trio.move_on_after(timeout):
+        while alive(pid):
+            await trio.sleep(0.02)
+        return True
+    return False
