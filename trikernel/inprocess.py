@@ -83,6 +83,7 @@ class _Cell:
     evaluator: InProcessEvaluator
     request_input: InputCallback | None
     done: bool = False
+    payload: list[dict[str, Any]] = field(default_factory=list)
 
 
 _CURRENT: contextvars.ContextVar[_Cell | None] = contextvars.ContextVar(
@@ -256,6 +257,27 @@ def display(
     return DisplayHandle(display_id) if isinstance(display_id, str) and display_id else None
 
 
+class _Exit:
+    """``exit``/``quit`` in an embedded namespace: disconnect the frontend.
+
+    ``exit()`` asks the console to quit and keep the kernel (the application) running;
+    ``exit(keep_kernel=False)`` lets the console shut the embedded kernel down, which
+    still never stops the application.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"Use {self._name}() to disconnect this frontend; the application keeps running"
+
+    def __call__(self, keep_kernel: bool = True) -> None:
+        cell = _CURRENT.get()
+        if cell is None or cell.done:
+            raise RuntimeError(f"{self._name}() works only in a cell of an embedded trikernel")
+        cell.payload[:] = [{"source": "ask_exit", "keepkernel": bool(keep_kernel)}]
+
+
 def clear_output(wait: bool = False) -> None:
     """Clear the output of the current cell (``wait``: when new output arrives)."""
     evaluator = _current_evaluator()
@@ -401,7 +423,7 @@ class InProcessEvaluator:
         cell = _Cell(self, request_input)
         token = _CURRENT.set(cell)
         try:
-            reply = await self._run_cell(code, count, silent)
+            reply = await self._run_cell(code, count, silent, cell)
             if reply["status"] == "ok":
                 reply["user_expressions"] = self._user_expressions(
                     content.get("user_expressions") or {}
@@ -412,7 +434,7 @@ class InProcessEvaluator:
         await self._drain()
         return reply
 
-    async def _run_cell(self, code: str, count: int, silent: bool) -> dict[str, Any]:
+    async def _run_cell(self, code: str, count: int, silent: bool, cell: _Cell) -> dict[str, Any]:
         filename = f"<cell-{self._id}-{count}>" if count else f"<cell-{self._id}-silent>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         self._filenames.append(filename)
@@ -445,12 +467,23 @@ class InProcessEvaluator:
             return self._error_reply(
                 KeyboardInterrupt(), count, traceback_lines=["KeyboardInterrupt"]
             )
+        if isinstance(value, _Exit):  # a bare `exit`, as IPython's autocall would
+            value(True)
+            value = None
         if last is not None and value is not None and not silent:
             self.namespace["_"] = value
             data, md = self._format(value)
             self._emit("execute_result", {"execution_count": count, "data": data, "metadata": md})
-        return {"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []}
+        return {
+            "status": "ok",
+            "execution_count": count,
+            "user_expressions": {},
+            "payload": list(cell.payload),
+        }
 
+    # Cells stay KI-unprotected even if the kernel's own tasks are protected: with trio's
+    # default SIGINT handling, Ctrl-C then breaks a synchronous cell that blocks the loop.
+    @trio.lowlevel.disable_ki_protection
     async def _run(self, code: CodeType) -> Any:
         result = eval(code, self.namespace)
         if code.co_flags & inspect.CO_COROUTINE:
@@ -793,6 +826,8 @@ async def open_inprocess_evaluator(
                 display=display,
                 clear_output=clear_output,
                 ainput=ainput,
+                exit=_Exit("exit"),
+                quit=_Exit("quit"),
             )
             nursery.start_soon(evaluator._flusher, name="trikernel.inprocess.flusher")
             try:
