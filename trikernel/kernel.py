@@ -131,6 +131,11 @@ class Kernel:
                 await self.publish("status", {"execution_state": "starting"}, None)
                 task_status.started(self.info)
                 await self._shutdown.wait()
+                if self._evaluator is not None:
+                    # Stop it politely while every task still runs (its last output
+                    # still gets published); cancellation below is the fallback.
+                    with trio.move_on_after(5):
+                        await self._evaluator.aclose()
                 await self._drain_iopub()
                 await self.control.flush(1.0)
                 await self.shell.flush(0.5)
