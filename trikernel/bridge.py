@@ -328,10 +328,17 @@ class SubprocessEvaluator:
         module docstring for the escalation.
         """
         async with self._execute_lock:
+            scope = self._cell_scope = trio.CancelScope()
             try:
-                child = await self._live_child()
+                with scope:
+                    child = await self._live_child()
             except EvaluatorDied as exc:
                 return _error("EvaluatorDied", str(exc), execution_count=self._count)
+            finally:
+                self._cell_scope = None
+            if scope.cancelled_caught:
+                evalue = "interrupted while the evaluator was starting; the cell did not run"
+                return _error("KeyboardInterrupt", evalue, execution_count=self._count)
             store = bool(content.get("store_history", True)) and not content.get("silent", False)
             waiter = _CellWaiter(next(self._ids), self._count + 1, store)
             allow_stdin = bool(content.get("allow_stdin", False)) and request_input is not None
@@ -407,13 +414,16 @@ class SubprocessEvaluator:
 
     # -- spawning ----------------------------------------------------------------
     async def _live_child(self) -> _Child:
+        death = ""
         for _attempt in range(2):
             async with self._spawn_lock:
                 if self._closing:
                     raise EvaluatorDied("the evaluator is closed")
-                if self._child is None or self._child.exited.is_set():
-                    self._child = await self._spawn()
                 child = self._child
+                if child is None or child.exited.is_set():
+                    with trio.CancelScope(shield=True):  # never a process without supervisor
+                        child = self._child = await self._spawn()
+                assert child is not None
             with trio.move_on_after(STARTUP_TIMEOUT):
                 await child.settled.wait()
             if child.ready.is_set() and not child.exited.is_set():
@@ -421,7 +431,8 @@ class SubprocessEvaluator:
             if not child.settled.is_set():
                 await self._stop(child, polite=False)
                 child.death = f"did not start within {STARTUP_TIMEOUT:.0f} s"
-        raise EvaluatorDied(f"the evaluator could not be started: it {child.death}")
+            death = child.death
+        raise EvaluatorDied(f"the evaluator could not be started: it {death}")
 
     async def _spawn(self) -> _Child:
         to_r, to_w = os.pipe()

@@ -42,6 +42,9 @@ cell task is inside trio or trikernel code     cell scope cancelled, and a defer
 loop idle / another task runs (cell awaits)    cell scope cancelled (run_sync_soon)
 =============================================  =======================================
 
+(A background task that blocks the loop with synchronous code cannot be
+interrupted: it is not the cell. The bridge's escalation is the way out.)
+
 A cancelled awaiting cell reports ``KeyboardInterrupt`` (``KernelShell``
 renders the trio.Cancelled that way). A pending ``input()`` also raises
 KeyboardInterrupt when an ``interrupt`` frame arrives, since it reads the pipe
@@ -351,6 +354,7 @@ class EvaluatorLoop:
         if cell is None or cell.id != cell_id:
             return  # that cell has finished already
         self.shell.interrupted = True
+        self._pending_interrupt = None  # the cancellation reaches it at its checkpoint
         cell.scope.cancel()
         if ack:
             self.outbox.send(Frame(INTERRUPT_ACK, {"id": cell_id}))

@@ -624,6 +624,14 @@ class KernelShell(InteractiveShell):
         handler(None, None, msg)  # type: ignore[arg-type]
 
 
+def _nested_await_runner(coro: Any) -> Any:
+    coro.close()
+    raise RuntimeError(
+        "a cell with top-level await cannot run from inside another cell "
+        "(trikernel runs cells on its own trio loop)"
+    )
+
+
 def create_shell(outbox: Outbox, *, execution_count: int = 1) -> KernelShell:
     """Build the one shell of this process, with stdio, input() and comms rerouted."""
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -631,6 +639,9 @@ def create_shell(outbox: Outbox, *, execution_count: int = 1) -> KernelShell:
     sys.stderr = StreamWriter(outbox, "stderr", 2)
     shell = KernelShell.instance(outbox=outbox)
     shell.execution_count = execution_count
+    # Cells run on our trio loop via run_cell_async. IPython uses loop_runner only
+    # for a nested get_ipython().run_cell() of an await cell, which cannot work here.
+    shell.loop_runner = _nested_await_runner
     shell.comm_manager = install_comms(outbox)
     builtins.input = shell.kernel_input
     getpass.getpass = shell.kernel_getpass
