@@ -128,6 +128,23 @@ class Peer:
         self._queue_send.close()
 
 
+# What ends one peer and not the socket (handled in _Socket._run_peer).
+_PEER_ERRORS = (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _peer_error(group: BaseExceptionGroup) -> BaseException:
+    """What a peer's reader/writer nursery raised, for _run_peer: the peer's own
+    failure unwrapped (a protocol error first, for its ERROR hint) or, if there is
+    anything else (cancellation, a bug), the rest of the group as it is."""
+    ended, other = group.split(_PEER_ERRORS)
+    if other is not None or ended is None:
+        return other or group
+    exc: BaseException = (ended.subgroup(RemoteProtocolError) or ended).exceptions[0]
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 class _Socket:
     socket_type = ""
 
@@ -203,6 +220,7 @@ class _Socket:
     async def connect(self, url: str) -> Peer:
         """Connect and complete the handshake (OSError / RemoteProtocolError on failure)."""
         stream = await connect(parse_url(url))
+        self._pending += 1  # see _accept_loop
         peer: Peer = await self._tasks.start(self._run_peer, stream, True)
         return peer
 
@@ -235,6 +253,10 @@ class _Socket:
                     )
                     await stream.aclose()
                     continue
+                # Counted here, not when the task starts: a burst of connections is
+                # accepted before any new task runs, and must not overshoot the limit.
+                # _serve_peer uncounts it when the handshake ends.
+                self._pending += 1
                 self._tasks.start_soon(self._run_peer, stream, False)
 
     async def _run_peer(
@@ -270,9 +292,8 @@ class _Socket:
             raise trio.BrokenResourceError(f"{self.socket_type}: peer closed during the handshake")
 
     async def _serve_peer(self, peer: Peer, task_status: Any) -> None:
-        await peer.stream.send_all(peer.conn.initiate())
-        self._pending += 1
         try:
+            await peer.stream.send_all(peer.conn.initiate())
             with trio.move_on_after(self.handshake_timeout):
                 peer.ready = await self._handshake(peer)
         finally:
@@ -280,16 +301,22 @@ class _Socket:
         if peer.ready is None:
             log.info("%s: %r closed before its handshake completed", self.socket_type, peer)
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(peer.write_loop)
-            self.peers.append(peer)
-            self._attach(peer)
-            task_status.started(peer)
-            try:
-                await self._read_loop(peer)
-            finally:
-                peer.close_queue()
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer.write_loop)
+                self.peers.append(peer)
+                self._attach(peer)
+                task_status.started(peer)
+                try:
+                    await self._read_loop(peer)
+                finally:
+                    peer.close_queue()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The nursery wraps even a single error in a group, which _run_peer's
+            # except clauses would miss: a reset or a protocol error would end the
+            # whole socket instead of this peer.
+            raise _peer_error(group) from None
 
     async def _handshake(self, peer: Peer) -> Ready | None:
         while True:
