@@ -105,11 +105,14 @@ def _greeting(minor: int) -> bytes:
     ).ljust(GREETING_SIZE, b"\x00")
 
 
-def _frame(flags: int, body: bytes) -> bytes:
-    size = len(body)
+def _header(flags: int, size: int) -> bytes:
     if size > 255:
-        return _LONG_SIZE.pack(flags | _LONG, size) + body
-    return _SHORT_SIZE.pack(flags, size) + body
+        return _LONG_SIZE.pack(flags | _LONG, size)
+    return _SHORT_SIZE.pack(flags, size)
+
+
+def _frame(flags: int, body: bytes) -> bytes:
+    return _header(flags, len(body)) + body
 
 
 def encode_frames(frames: list[bytes]) -> bytes:
@@ -117,8 +120,13 @@ def encode_frames(frames: list[bytes]) -> bytes:
     so a publisher encodes once for all its subscribers."""
     if not frames:
         raise LocalProtocolError("a message has at least one frame")
+    # Headers and bodies joined once: every body is copied exactly one time.
+    parts = []
     last = len(frames) - 1
-    return b"".join([_frame(_MORE if i < last else 0, f) for i, f in enumerate(frames)])
+    for i, body in enumerate(frames):
+        parts.append(_header(_MORE if i < last else 0, len(body)))
+        parts.append(body)
+    return b"".join(parts)
 
 
 def _command(name: bytes, data: bytes = b"") -> bytes:
