@@ -29,6 +29,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -61,7 +62,7 @@ START_TIMEOUT = 60.0  # launch -> kernel_info / first cell
 CELL_TIMEOUT = 30.0  # a trivial cell
 HEAVY_TIMEOUT = 120.0  # 200k prints, 50-100 MB payloads
 HB_TIMEOUT = 1.0  # one heartbeat ping (jupyter_client's time_to_dead)
-SHUTDOWN_TIMEOUT = 15.0
+SHUTDOWN_TIMEOUT = 10.0
 
 
 # -- kernels --------------------------------------------------------------------------------
@@ -140,6 +141,7 @@ class Kernel:
     Use as a context manager: ``close()`` always shuts the kernel down and reaps it."""
 
     counter = 0
+    every_process: dict[int, psutil.Process] = {}  # all kernel processes this run has seen
 
     def __init__(self, name: str, log_dir: Path) -> None:
         Kernel.counter += 1
@@ -178,6 +180,7 @@ class Kernel:
         tree = process_tree(self.pid)
         for proc in tree:
             self._procs.setdefault(proc.pid, proc)
+            Kernel.every_process.setdefault(proc.pid, proc)
         return tree
 
     def alive(self) -> bool:
@@ -343,14 +346,22 @@ class Kernel:
 
 
 # -- measurements ---------------------------------------------------------------------------
+#
+# Each step runs in rounds; the kernels take turns round by round (A B, then B A), so that
+# both see the same background load on a shared machine. A round returns raw samples (lists
+# keyed by name); after the last round ``finalize`` turns the merged samples into metrics.
+
+Samples = dict[str, list[Any]]
 
 
 @dataclass
 class Config:
     quick: bool
     launches: int
-    pass_n: int
+    pass_rounds: int
+    pass_per_round: int
     reps: int
+    hb_rounds: int
     idle_settle: float
     hb_seconds: float
     scaling_clients: tuple[int, ...]
@@ -360,41 +371,21 @@ class Config:
 
 def make_config(quick: bool) -> Config:
     if quick:
-        return Config(True, 2, 100, 1, 0.5, 2.0, (1, 10), (1_000, 100_000, 10_000_000), 30)
+        sizes = (1_000, 100_000, 10_000_000)
+        return Config(True, 2, 2, 50, 1, 1, 0.5, 2.0, (1, 10), sizes, 30)
     sizes = (1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
-    return Config(False, 5, 500, 3, 2.0, 3.0, (1, 10, 50), sizes, 200)
+    return Config(False, 5, 5, 100, 3, 2, 2.0, 3.0, (1, 10, 50), sizes, 200)
 
 
-# A metric's value is a number, {"na": reason} (the kernel cannot do it) or {"error": text}.
-
-
-def one_launch(k: Kernel, cfg: Config, samples: dict[str, list[Any]]) -> list[str]:
-    """One fresh kernel: each measurement on its own, so one failing does not hide the others.
-    Returns the errors."""
-    errors = []
-    k.start()
-    try:
-        samples["startup_kernel_info_s"].append(k.wait_kernel_info() - k.launched_at)
-        cell = k.execute("a = 1", START_TIMEOUT, need_idle=False)
-        samples["startup_first_cell_s"].append(cell.reply_at - k.launched_at)  # type: ignore[operator]
-        time.sleep(cfg.idle_settle)
-        mem = tree_memory(k.pid)
-        samples["idle_rss_bytes"].append(mem["rss"])
-        samples["idle_uss_bytes"].append(mem["uss"])
-        samples["idle_processes"].append(mem["processes"])
-    except Exception as exc:
-        errors.append(f"start-up/first cell/RSS: {exc}")
-    try:
-        procs = k.remember_processes()
-        k.client.shutdown()
-        gone = wait_processes_gone(procs, SHUTDOWN_TIMEOUT)
-        if gone is None:
-            alive = [describe(p) for p in procs if p.is_running()]
-            raise StepError(f"{SHUTDOWN_TIMEOUT} s after shutdown_request still alive: {alive}")
-        samples["shutdown_s"].append(gone)
-    except Exception as exc:
-        errors.append(f"shutdown: {exc}")
-    return errors
+@dataclass(frozen=True)
+class Step:
+    name: str
+    keys: tuple[str, ...]  # the table's metrics this step produces
+    run: Callable[[Kernel, Config], Samples]  # one round
+    rounds: Callable[[Config], int]
+    finalize: Callable[[Samples], dict[str, Any]]
+    fresh: bool = False  # each round gets its own new, unstarted Kernel (start-up steps)
+    consumes: bool = False  # the kernel is gone after the round
 
 
 def describe(proc: psutil.Process) -> str:
@@ -403,6 +394,8 @@ def describe(proc: psutil.Process) -> str:
     except psutil.Error as exc:
         return f"{proc.pid} ({type(exc).__name__})"
 
+
+# 1, 7, 8: start-up, idle RSS, shutdown ------------------------------------------------------
 
 LAUNCH_KEYS = (
     "startup_kernel_info_s",
@@ -413,33 +406,52 @@ LAUNCH_KEYS = (
 )
 
 
-def step_launches(name: str, cfg: Config, log_dir: Path) -> dict[str, Any]:
-    """Metrics 1, 7, 8: launch -> kernel_info_reply, launch -> first cell reply, idle RSS of
-    the whole process tree, shutdown_request -> every process gone. A fresh kernel each time."""
-    samples: dict[str, list[Any]] = {key: [] for key in (*LAUNCH_KEYS, "idle_processes")}
-    errors = []
-    for i in range(cfg.launches):
-        print(f"  [{name}] launch {i}", file=sys.stderr, flush=True)
-        with Kernel(name, log_dir) as k:
-            try:
-                failed = one_launch(k, cfg, samples)
-            except Exception as exc:
-                failed = [f"{type(exc).__name__}: {exc}"]
-        for text in failed:
-            errors.append(f"launch {i}: {text}")
-            print(f"  [{name}] launch {i} failed: {text}", file=sys.stderr, flush=True)
+def round_launch(k: Kernel, cfg: Config) -> Samples:
+    """A fresh kernel: launch -> kernel_info_reply; -> first cell's reply (sent once
+    kernel_info was answered, as clients do); idle RSS of the process tree; shutdown_request
+    -> every process gone. Each measured on its own, so one failure does not hide the others."""
+    out: Samples = {"errors": []}
+    k.start()
+    try:
+        out["startup_kernel_info_s"] = [k.wait_kernel_info() - k.launched_at]
+        cell = k.execute("a = 1", START_TIMEOUT, need_idle=False)
+        out["startup_first_cell_s"] = [cell.reply_at - k.launched_at]  # type: ignore[operator]
+        time.sleep(cfg.idle_settle)
+        mem = tree_memory(k.pid)
+        out["idle_rss_bytes"], out["idle_uss_bytes"] = [mem["rss"]], [mem["uss"]]
+        out["idle_processes"] = [mem["processes"]]
+    except Exception as exc:
+        out["errors"].append(f"start-up/first cell/RSS: {exc}")
+    try:
+        procs = k.remember_processes()
+        k.client.shutdown()
+        gone = wait_processes_gone(procs, SHUTDOWN_TIMEOUT)
+        if gone is None:
+            alive = [describe(p) for p in procs if p.is_running()]
+            raise StepError(f"{SHUTDOWN_TIMEOUT} s after shutdown_request still alive: {alive}")
+        out["shutdown_s"] = [gone]
+    except Exception as exc:
+        out["errors"].append(f"shutdown: {exc}")
+    return out
+
+
+def finalize_launches(samples: Samples) -> dict[str, Any]:
+    errors = samples.get("errors", [])
     out: dict[str, Any] = {
         "launch_errors": errors,
-        "idle_processes": samples["idle_processes"][-1:],
+        "idle_processes": samples.get("idle_processes", [])[-1:],
     }
     for key in LAUNCH_KEYS:
-        values = samples[key]
+        values = samples.get(key, [])
         out[key] = median(values) if values else {"error": errors[0] if errors else "no sample"}
         out[key + "_samples"] = values
     return out
 
 
-def step_smoke(k: Kernel, cfg: Config) -> dict[str, Any]:
+# smoke --------------------------------------------------------------------------------------
+
+
+def round_smoke(k: Kernel, cfg: Config) -> Samples:
     """Can the kernel run a cell at all? Also records which code the kernel tree runs."""
     cell = k.execute(
         "import sys\nprint([getattr(sys.modules.get(m), '__file__', None)"
@@ -451,16 +463,22 @@ def step_smoke(k: Kernel, cfg: Config) -> dict[str, Any]:
             where[str(proc.pid)] = f"cwd={proc.cwd()} argv={' '.join(proc.cmdline())}"
         except psutil.Error:
             pass
-    return {"code_location": where}
+    return {"code_location": [where]}
 
 
-def step_pass(k: Kernel, cfg: Config) -> dict[str, Any]:
-    """Metric 2: sequential `pass` round trips, to execute_reply and to idle."""
-    for _ in range(20):
+# 2: pass round trips ------------------------------------------------------------------------
+
+
+def round_pass(k: Kernel, cfg: Config) -> Samples:
+    """Sequential `pass` round trips, to execute_reply and to idle (after 5 warm-up ones)."""
+    for _ in range(5):
         k.execute("pass")
-    cells = [k.execute("pass") for _ in range(cfg.pass_n)]
-    reply = summarize([c.reply_s for c in cells])
-    idle = summarize([c.idle_s for c in cells])
+    cells = [k.execute("pass") for _ in range(cfg.pass_per_round)]
+    return {"reply": [c.reply_s for c in cells], "idle": [c.idle_s for c in cells]}
+
+
+def finalize_pass(samples: Samples) -> dict[str, Any]:
+    reply, idle = summarize(samples["reply"]), summarize(samples["idle"])
     return {
         "pass_reply_p50_s": reply["p50"],
         "pass_reply_p99_s": reply["p99"],
@@ -470,6 +488,8 @@ def step_pass(k: Kernel, cfg: Config) -> dict[str, Any]:
         "pass_idle": idle,
     }
 
+
+# 3: 200k prints -----------------------------------------------------------------------------
 
 PRINTS = 200_000
 
@@ -481,30 +501,36 @@ def count_lost(text: str, n: int) -> dict[str, int]:
         lines.pop()
     expected = [str(i) for i in range(n)]
     seen = set(lines)
-    lost = sum(1 for e in expected if e not in seen)
     return {
-        "lost": lost,
+        "lost": sum(1 for e in expected if e not in seen),
         "lines": len(lines),
         "in_order": int(lines == expected),
         "unexpected": sum(1 for line in lines if not line.isdigit() or int(line) >= n),
     }
 
 
-def step_prints(k: Kernel, cfg: Config) -> dict[str, Any]:
-    """Metric 3: `for i in range(200_000): print(i)`, seconds until idle and lines lost."""
-    times, checks, messages = [], [], []
-    for _ in range(cfg.reps):
-        cell = k.execute(f"for i in range({PRINTS}): print(i)", HEAVY_TIMEOUT)
-        times.append(cell.idle_s)
-        checks.append(count_lost(cell.stdout(), PRINTS))
-        messages.append(sum(1 for _, m in cell.iopub if m["msg_type"] == "stream"))
+def round_prints(k: Kernel, cfg: Config) -> Samples:
+    """`for i in range(200_000): print(i)`: seconds until idle; every line checked."""
+    cell = k.execute(f"for i in range({PRINTS}): print(i)", HEAVY_TIMEOUT)
+    messages = sum(1 for _, m in cell.iopub if m["msg_type"] == "stream")
     return {
-        "print200k_s": median(times),
-        "print200k_lost": max(c["lost"] for c in checks),
-        "print200k_samples": times,
-        "print200k_checks": checks,
-        "print200k_stream_messages": messages,
+        "idle": [cell.idle_s],
+        "check": [count_lost(cell.stdout(), PRINTS)],
+        "messages": [messages],
     }
+
+
+def finalize_prints(samples: Samples) -> dict[str, Any]:
+    return {
+        "print200k_s": median(samples["idle"]),
+        "print200k_lost": max(c["lost"] for c in samples["check"]),
+        "print200k_samples": samples["idle"],
+        "print200k_checks": samples["check"],
+        "print200k_stream_messages": samples["messages"],
+    }
+
+
+# 4: large display_data and comm buffers ----------------------------------------------------
 
 
 def display_code(size: int) -> str:
@@ -524,13 +550,16 @@ def measure_display(k: Kernel, size: int, timeout: float = HEAVY_TIMEOUT) -> tup
     return at - cell.sent, cell.idle_s
 
 
-def step_display(k: Kernel, cfg: Config) -> dict[str, Any]:
-    """Metric 4a: a 50 MB display_data."""
-    arrive, idle = zip(*(measure_display(k, 50_000_000) for _ in range(cfg.reps)), strict=True)
+def round_display(k: Kernel, cfg: Config) -> Samples:
+    arrive, idle = measure_display(k, 50_000_000)
+    return {"arrive": [arrive], "idle": [idle]}
+
+
+def finalize_display(samples: Samples) -> dict[str, Any]:
     return {
-        "display50mb_s": median(arrive),
-        "display50mb_idle_s": median(idle),
-        "display50mb_samples": list(arrive),
+        "display50mb_s": median(samples["arrive"]),
+        "display50mb_idle_s": median(samples["idle"]),
+        "display50mb_samples": samples["arrive"],
     }
 
 
@@ -543,25 +572,28 @@ _bench_comm.close()
 """
 
 
-def step_comm(k: Kernel, cfg: Config) -> dict[str, Any]:
-    """Metric 4b: a comm_msg with one 10 MB binary buffer, opened from the kernel side."""
-    times = []
-    for _ in range(cfg.reps):
-        cell = k.execute(COMM_CODE, HEAVY_TIMEOUT)
-        found = cell.first("comm_msg")
-        if found is None:
-            kinds = sorted({m["msg_type"] for _, m in cell.iopub})
-            reason = (
-                f"no comm_msg on iopub (create_comm returned {cell.stdout().strip()!r}; "
-                f"iopub seen: {kinds})"
-            )
-            return {"comm10mb_s": {"na": reason}}
-        at, msg = found
-        sizes = [len(memoryview(b)) for b in msg.get("buffers", [])]
-        if sizes != [10_000_000]:
-            raise StepError(f"comm_msg buffers of sizes {sizes}, expected [10000000]")
-        times.append(at - cell.sent)
-    return {"comm10mb_s": median(times), "comm10mb_samples": times}
+def round_comm(k: Kernel, cfg: Config) -> Samples:
+    """A comm opened kernel-side sends one comm_msg with a 10 MB binary buffer."""
+    cell = k.execute(COMM_CODE, HEAVY_TIMEOUT)
+    found = cell.first("comm_msg")
+    if found is None:
+        kinds = sorted({m["msg_type"] for _, m in cell.iopub})
+        made = cell.stdout().strip()
+        return {"na": [f"no comm_msg on iopub (create_comm gave {made!r}; iopub: {kinds})"]}
+    at, msg = found
+    sizes = [len(memoryview(b)) for b in msg.get("buffers", [])]
+    if sizes != [10_000_000]:
+        raise StepError(f"comm_msg buffers of sizes {sizes}, expected [10000000]")
+    return {"arrive": [at - cell.sent]}
+
+
+def finalize_comm(samples: Samples) -> dict[str, Any]:
+    if samples.get("na"):
+        return {"comm10mb_s": {"na": samples["na"][0]}}
+    return {"comm10mb_s": median(samples["arrive"]), "comm10mb_samples": samples["arrive"]}
+
+
+# 5: interrupt -------------------------------------------------------------------------------
 
 
 def wait_running(k: Kernel, cell: Cell, timeout: float = CELL_TIMEOUT) -> None:
@@ -573,6 +605,7 @@ def wait_running(k: Kernel, cell: Cell, timeout: float = CELL_TIMEOUT) -> None:
 
 
 def measure_interrupt(k: Kernel, code: str) -> dict[str, Any]:
+    """KernelManager.interrupt_kernel() -> the cell's error reply; is the namespace kept?"""
     k.execute("_bench_marker = 42")
     cell = k.send(code)
     wait_running(k, cell)
@@ -592,22 +625,28 @@ def measure_interrupt(k: Kernel, code: str) -> dict[str, Any]:
     }
 
 
-def step_interrupt(k: Kernel, cfg: Config) -> dict[str, Any]:
-    """Metric 5: KernelManager.interrupt_kernel -> error reply, for a C call and a Python loop."""
+def round_interrupt(k: Kernel, cfg: Config) -> Samples:
+    return {
+        "sleep": [measure_interrupt(k, "import time\ntime.sleep(100)")],
+        "spin": [measure_interrupt(k, "while True:\n    pass")],
+    }
+
+
+def finalize_interrupt(samples: Samples) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, code in (
-        ("interrupt_sleep", "import time\ntime.sleep(100)"),
-        ("interrupt_spin", "while True:\n    pass"),
-    ):
-        runs = [measure_interrupt(k, code) for _ in range(cfg.reps)]
-        out[key + "_s"] = median([r["seconds"] for r in runs])
-        out[key + "_runs"] = runs
+    for key in ("sleep", "spin"):
+        out[f"interrupt_{key}_s"] = median([r["seconds"] for r in samples[key]])
+        out[f"interrupt_{key}_runs"] = samples[key]
     return out
 
 
-def hb_pings(address: str, seconds: float, gap: float = 0.005) -> dict[str, Any]:
-    """Raw REQ pings on the heartbeat port for ``seconds``; a ping unanswered within HB_TIMEOUT
-    counts as HB_TIMEOUT (a lower bound) and the socket is recreated, as jupyter_client does."""
+# 6: heartbeat while busy --------------------------------------------------------------------
+
+
+def hb_pings(address: str, seconds: float, gap: float = 0.005) -> tuple[list[float], int]:
+    """Raw REQ pings on the heartbeat port for ``seconds``, one every ``gap`` s; a ping
+    unanswered within HB_TIMEOUT counts as HB_TIMEOUT (a lower bound) and the socket is
+    recreated, as jupyter_client's HBChannel does. Returns (round trips, timeouts)."""
     ctx = zmq.Context.instance()
     samples: list[float] = []
     timeouts = 0
@@ -634,34 +673,40 @@ def hb_pings(address: str, seconds: float, gap: float = 0.005) -> dict[str, Any]
     finally:
         if sock is not None:
             sock.close()
-    return {**summarize(samples), "timeouts": timeouts}
+    return samples, timeouts
 
 
-def step_heartbeat(k: Kernel, cfg: Config) -> dict[str, Any]:
-    """Metric 6: heartbeat round trips while idle, while a cell spins in Python, and while it
-    sleeps in C."""
+def round_heartbeat(k: Kernel, cfg: Config) -> Samples:
+    """Pings while idle, while a cell spins in pure Python, and while it sleeps in C."""
     address = k.hb_address()
     hb_pings(address, 0.2)  # connect and warm up
-    out: dict[str, Any] = {"hb_idle": hb_pings(address, 1.0)}
+    idle, idle_timeouts = hb_pings(address, 1.0)
+    out: Samples = {"idle": idle, "idle_timeouts": [idle_timeouts]}
     busy = cfg.hb_seconds
-    for key, code in (
-        (
-            "hb_spin",
-            f"import time\n_t = time.monotonic()\nwhile time.monotonic() - _t < {busy}:\n    pass",
-        ),
-        ("hb_sleep", f"import time\ntime.sleep({busy})"),
-    ):
+    spin = f"import time\n_t = time.monotonic()\nwhile time.monotonic() - _t < {busy}:\n    pass"
+    for key, code in (("spin", spin), ("sleep", f"import time\ntime.sleep({busy})")):
         cell = k.send(code)
         wait_running(k, cell)  # sleeps 0.5 s
-        stats = hb_pings(address, busy - 0.8)
+        out[key], timeouts = hb_pings(address, busy - 0.8)
+        out[key + "_timeouts"] = [timeouts]
         k.finish(cell, CELL_TIMEOUT + busy)
-        out[key] = stats
-        for q in ("p50", "p99", "max"):
-            out[f"{key}_{q}_s"] = stats[q]
     return out
 
 
-def step_polite_shutdown(k: Kernel, cfg: Config) -> dict[str, Any]:
+def finalize_heartbeat(samples: Samples) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("idle", "spin", "sleep"):
+        stats = {**summarize(samples[key]), "timeouts": sum(samples[key + "_timeouts"])}
+        out[f"hb_{key}"] = stats
+        for q in ("p50", "p99", "max"):
+            out[f"hb_{key}_{q}_s"] = stats[q]
+    return out
+
+
+# KernelManager.shutdown_kernel() -----------------------------------------------------------
+
+
+def round_polite_shutdown(k: Kernel, cfg: Config) -> Samples:
     """What a user waits for: KernelManager.shutdown_kernel() (interrupt, shutdown_request,
     poll for exit, SIGTERM after shutdown_wait_time/2, SIGKILL after shutdown_wait_time)."""
     procs = k.remember_processes()
@@ -673,83 +718,22 @@ def step_polite_shutdown(k: Kernel, cfg: Config) -> dict[str, Any]:
     code = popen.wait(timeout=5)
     how = {0: "exited 0", -15: "SIGTERM from KernelManager", -9: "SIGKILL from KernelManager"}
     return {
-        "km_shutdown_s": returned,
-        "km_shutdown_all_gone_s": {"error": "processes left"} if gone is None else returned + gone,
-        "km_shutdown_exit": how.get(code, f"exit code {code}"),
+        "returned": [returned],
+        "all_gone": [None if gone is None else returned + gone],
+        "exit": [how.get(code, f"exit code {code}")],
     }
 
 
-EXEC_STEPS: list[tuple[str, Callable[[Kernel, Config], dict[str, Any]], tuple[str, ...]]] = [
-    ("smoke", step_smoke, ()),
-    (
-        "pass",
-        step_pass,
-        ("pass_reply_p50_s", "pass_reply_p99_s", "pass_idle_p50_s", "pass_idle_p99_s"),
-    ),
-    ("prints", step_prints, ("print200k_s", "print200k_lost")),
-    ("display", step_display, ("display50mb_s", "display50mb_idle_s")),
-    ("comm", step_comm, ("comm10mb_s",)),
-    ("interrupt", step_interrupt, ("interrupt_sleep_s", "interrupt_spin_s")),
-    (
-        "heartbeat",
-        step_heartbeat,
-        tuple(f"hb_{w}_{q}_s" for w in ("spin", "sleep") for q in ("p50", "p99", "max")),
-    ),
-    ("polite_shutdown", step_polite_shutdown, ("km_shutdown_s",)),
-]
+def finalize_polite_shutdown(samples: Samples) -> dict[str, Any]:
+    gone = samples["all_gone"][0]
+    return {
+        "km_shutdown_s": samples["returned"][0],
+        "km_shutdown_all_gone_s": {"error": "processes left"} if gone is None else gone,
+        "km_shutdown_exit": samples["exit"][0],
+    }
 
 
-def run_exec_steps(
-    name: str,
-    cfg: Config,
-    log_dir: Path,
-    steps: list[str] | None,
-    profile_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Run the steps on one kernel; after a failure, the next step gets a fresh kernel. If the
-    kernel cannot even run `pass`, the remaining steps are recorded as skipped."""
-    out: dict[str, Any] = {"step_errors": {}}
-    k: Kernel | None = None
-    try:
-        for step, fn, keys in EXEC_STEPS:
-            if steps and step not in steps and step != "smoke":
-                continue
-            print(f"  [{name}] {step}", file=sys.stderr, flush=True)
-            began = perf()
-            try:
-                if k is None:
-                    k = Kernel(name, log_dir)
-                    k.start()
-                    k.wait_ready()
-                with profiled(k.pid, f"{name}-{step}", profile_dir):
-                    out.update(fn(k, cfg))
-            except Exception as exc:
-                text = (
-                    f"{type(exc).__name__}: {exc}" if not isinstance(exc, StepError) else str(exc)
-                )
-                print(f"  [{name}] {step} failed: {text}", file=sys.stderr, flush=True)
-                if not isinstance(exc, StepError):
-                    traceback.print_exc()
-                out["step_errors"][step] = text
-                for key in keys:
-                    out[key] = {"error": text}
-                if k is not None:
-                    k.close()
-                    k = None
-                if step == "smoke":
-                    skipped = f"skipped: the kernel could not execute a cell ({text})"
-                    for _, _, later in EXEC_STEPS[1:]:
-                        for key in later:
-                            out[key] = {"error": skipped}
-                    break
-            out.setdefault("step_seconds", {})[step] = perf() - began
-    finally:
-        if k is not None:
-            k.close()
-    return out
-
-
-# -- scaling --------------------------------------------------------------------------------
+# scaling (--scaling) -----------------------------------------------------------------------
 
 
 def drain(kc: BlockingKernelClient) -> int:
@@ -787,38 +771,39 @@ def wait_all_idle(
                 text[i].append(msg["content"]["text"])
             elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 done[i] = perf() - sent
-    lost = [count_lost("".join(text[i]), lines)["lost"] for i in text] if lines else []
-    return {
-        "last_s": max(done.values()),
-        "first_s": min(done.values()),
-        "lost_max": max(lost or [0]),
-    }
+    lost = [count_lost("".join(text[i]), lines)["lost"] for i in text] if lines else [0]
+    return {"last_s": max(done.values()), "first_s": min(done.values()), "lost_max": max(lost)}
+
+
+def connect_clients(k: Kernel, n: int) -> list[BlockingKernelClient]:
+    """Our client plus n - 1 more, each with its own Session (a shared one would reject every
+    iopub message after the first copy as a replayed signature), all subscribed."""
+    clients = [k.client]
+    for _ in range(n - 1):
+        own = Session(key=k.km.session.key, signature_scheme=k.km.session.signature_scheme)
+        kc = k.km.client(session=own)
+        kc.start_channels(hb=False)
+        clients.append(kc)
+    for attempt in range(20):  # until a cell's idle reaches every SUB
+        sent = perf()
+        msg_id = clients[0].execute("pass")
+        try:
+            wait_all_idle(clients, msg_id, sent, 2.0)
+            break
+        except StepError:
+            if attempt == 19:
+                raise
+    for kc in clients:
+        drain(kc)
+    return clients
 
 
 def scaling_clients(k: Kernel, cfg: Config, n: int) -> dict[str, Any]:
-    """n clients connected: `pass` round trips sent round-robin by each client, then iopub
-    fan-out of a printing cell and of a 1 MB display to all n."""
-    clients = [k.client]
+    """n clients connected: `pass` round trips sent by each client in turn, then the fan-out
+    of a printing cell and of a 1 MB display to all n."""
+    clients: list[BlockingKernelClient] = []
     try:
-        for _ in range(n - 1):
-            # Each client needs its own Session: a shared one would reject every iopub
-            # message after the first copy as a replayed signature (digest_history).
-            own = Session(key=k.km.session.key, signature_scheme=k.km.session.signature_scheme)
-            kc = k.km.client(session=own)
-            kc.start_channels(hb=False)
-            clients.append(kc)
-        # Wait until every SUB is subscribed: a cell whose idle reaches all clients.
-        for attempt in range(20):
-            sent = perf()
-            msg_id = clients[0].execute("pass")
-            try:
-                wait_all_idle(clients, msg_id, sent, 2.0)
-                break
-            except StepError:
-                if attempt == 19:
-                    raise
-        for kc in clients:
-            drain(kc)
+        clients = connect_clients(k, n)
         reply, idle = [], []
         for i in range(cfg.scaling_pass_n):
             kc = clients[i % n]
@@ -837,53 +822,206 @@ def scaling_clients(k: Kernel, cfg: Config, n: int) -> dict[str, Any]:
             msg_id = clients[0].execute(code)
             fan[key] = wait_all_idle(clients, msg_id, sent, HEAVY_TIMEOUT, lines)
             clients[0].get_shell_msg(timeout=CELL_TIMEOUT)
-        return {
-            "pass_reply": summarize(reply),
-            "pass_idle": summarize(idle),
-            **fan,
-        }
+        return {"pass_reply": summarize(reply), "pass_idle": summarize(idle), **fan}
     finally:
         for kc in clients[1:]:
             kc.stop_channels()
             k.forget_client(kc)
-        drain(clients[0])
+        drain(k.client)
 
 
-def run_scaling(name: str, cfg: Config, log_dir: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"clients": {}, "sizes": {}, "errors": {}}
-    jobs: list[tuple[str, Callable[[Kernel], Any]]] = []
-    for n in cfg.scaling_clients:
-        jobs.append((f"clients={n}", lambda k, n=n: scaling_clients(k, cfg, n)))
-    for size in cfg.scaling_sizes:
-        jobs.append((f"size={size}", lambda k, size=size: scaling_size(k, cfg, size)))
-    k: Kernel | None = None
-    try:
-        for label, job in jobs:
-            print(f"  [{name}] scaling {label}", file=sys.stderr, flush=True)
-            try:
-                if k is None:
-                    k = Kernel(name, log_dir)
-                    k.start()
-                    k.wait_ready()
-                    k.execute("pass")
-                result = job(k)
-                kind, value = label.split("=")
-                out["clients" if kind == "clients" else "sizes"][value] = result
-            except Exception as exc:
-                print(f"  [{name}] scaling {label} failed: {exc}", file=sys.stderr, flush=True)
-                out["errors"][label] = f"{type(exc).__name__}: {exc}"
-                if k is not None:
-                    k.close()
-                    k = None
-    finally:
-        if k is not None:
-            k.close()
-    return out
+def round_clients(n: int, k: Kernel, cfg: Config) -> Samples:
+    return {"result": [scaling_clients(k, cfg, n)]}
 
 
-def scaling_size(k: Kernel, cfg: Config, size: int) -> dict[str, Any]:
-    runs = [measure_display(k, size, HEAVY_TIMEOUT * 2) for _ in range(cfg.reps)]
-    return {"arrive_s": median([r[0] for r in runs]), "idle_s": median([r[1] for r in runs])}
+def finalize_clients(n: int, samples: Samples) -> dict[str, Any]:
+    return {"scaling": {"clients": {str(n): samples["result"][0]}}}
+
+
+def round_size(size: int, k: Kernel, cfg: Config) -> Samples:
+    arrive, idle = measure_display(k, size, 2 * HEAVY_TIMEOUT)
+    return {"arrive": [arrive], "idle": [idle]}
+
+
+def finalize_size(size: int, samples: Samples) -> dict[str, Any]:
+    result = {"arrive_s": median(samples["arrive"]), "idle_s": median(samples["idle"])}
+    return {"scaling": {"sizes": {str(size): result}}}
+
+
+def scaling_steps(cfg: Config) -> list[Step]:
+    """Execute round trip and iopub fan-out with 1..50 clients; display cost vs payload size."""
+    steps = [
+        Step(
+            f"scaling_clients_{n}",
+            (),
+            partial(round_clients, n),
+            lambda c: 1,
+            partial(finalize_clients, n),
+        )
+        for n in cfg.scaling_clients
+    ]
+    steps += [
+        Step(
+            f"scaling_size_{size}",
+            (),
+            partial(round_size, size),
+            lambda c: c.reps,
+            partial(finalize_size, size),
+        )
+        for size in cfg.scaling_sizes
+    ]
+    return steps
+
+
+# the steps, in order ------------------------------------------------------------------------
+
+HB_KEYS = tuple(f"hb_{w}_{q}_s" for w in ("spin", "sleep") for q in ("p50", "p99", "max"))
+PASS_KEYS = ("pass_reply_p50_s", "pass_reply_p99_s", "pass_idle_p50_s", "pass_idle_p99_s")
+
+
+def main_steps() -> list[Step]:
+    one = lambda cfg: 1  # noqa: E731
+    reps = lambda cfg: cfg.reps  # noqa: E731
+    return [
+        Step(
+            "launches",
+            LAUNCH_KEYS,
+            round_launch,
+            lambda c: c.launches,
+            finalize_launches,
+            fresh=True,
+        ),
+        Step("smoke", (), round_smoke, one, lambda s: {"code_location": s["code_location"][0]}),
+        Step("pass", PASS_KEYS, round_pass, lambda c: c.pass_rounds, finalize_pass),
+        Step("prints", ("print200k_s", "print200k_lost"), round_prints, reps, finalize_prints),
+        Step(
+            "display",
+            ("display50mb_s", "display50mb_idle_s"),
+            round_display,
+            reps,
+            finalize_display,
+        ),
+        Step("comm", ("comm10mb_s",), round_comm, reps, finalize_comm),
+        Step(
+            "interrupt",
+            ("interrupt_sleep_s", "interrupt_spin_s"),
+            round_interrupt,
+            reps,
+            finalize_interrupt,
+        ),
+        Step("heartbeat", HB_KEYS, round_heartbeat, lambda c: c.hb_rounds, finalize_heartbeat),
+    ]
+
+
+POLITE_SHUTDOWN = Step(
+    "polite_shutdown",
+    ("km_shutdown_s",),
+    round_polite_shutdown,
+    lambda cfg: 1,
+    finalize_polite_shutdown,
+    consumes=True,
+)
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+
+def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    """Recursive dict update (scaling results nest)."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+
+
+class Runner:
+    """One kernel flavour across the run: its current kernel (started lazily, replaced after a
+    failure), its results, and whether it can execute at all."""
+
+    def __init__(self, name: str, cfg: Config, log_dir: Path, profile_dir: Path | None) -> None:
+        self.name, self.cfg, self.log_dir, self.profile_dir = name, cfg, log_dir, profile_dir
+        self.kernel: Kernel | None = None
+        self.results: dict[str, Any] = {"step_errors": {}, "step_seconds": {}}
+        self.cannot_execute: str | None = None
+
+    def current(self) -> Kernel:
+        if self.kernel is None:
+            self.kernel = Kernel(self.name, self.log_dir)
+            self.kernel.start()
+            self.kernel.wait_ready()
+        return self.kernel
+
+    def discard(self) -> None:
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
+
+    def round(self, step: Step, i: int, acc: Samples) -> str | None:
+        """Run one round and merge its samples into acc; returns the error text, if any."""
+        print(
+            f"  [{self.name}] {step.name} {i + 1}/{step.rounds(self.cfg)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        began = perf()
+        try:
+            if step.fresh:
+                with Kernel(self.name, self.log_dir) as k:
+                    samples = step.run(k, self.cfg)
+            else:
+                k = self.current()
+                label = f"{self.name}-{step.name}"
+                with profiled(k.pid, label, self.profile_dir if i == 0 else None):
+                    samples = step.run(k, self.cfg)
+                if step.consumes:
+                    self.discard()
+        except Exception as exc:
+            text = str(exc) if isinstance(exc, StepError) else f"{type(exc).__name__}: {exc}"
+            print(f"  [{self.name}] {step.name} failed: {text}", file=sys.stderr, flush=True)
+            if not isinstance(exc, StepError):
+                traceback.print_exc()
+            self.discard()
+            return text
+        finally:
+            seconds = self.results["step_seconds"]
+            seconds[step.name] = seconds.get(step.name, 0.0) + perf() - began
+        for key, values in samples.items():
+            acc.setdefault(key, []).extend(values)
+        return None
+
+    def fail(self, step: Step, text: str) -> None:
+        self.results["step_errors"][step.name] = text
+        for key in step.keys:
+            self.results[key] = {"error": text}
+
+
+def run_interleaved(
+    runners: list[Runner], steps: list[Step], cfg: Config, save: Callable[[], None]
+) -> None:
+    """Each step, round by round, alternating which kernel goes first."""
+    for step in steps:
+        acc: dict[str, Samples] = {r.name: {} for r in runners}
+        failed: dict[str, str] = {}
+        for i in range(step.rounds(cfg)):
+            for r in runners if i % 2 == 0 else runners[::-1]:
+                if r.cannot_execute and not step.fresh:
+                    failed[r.name] = r.cannot_execute
+                if r.name in failed:
+                    continue
+                error = r.round(step, i, acc[r.name])
+                if error is not None:
+                    failed[r.name] = error
+        for r in runners:
+            if r.name in failed:
+                r.fail(step, failed[r.name])
+                if step.name == "smoke" and not r.cannot_execute:
+                    r.cannot_execute = (
+                        f"skipped: the kernel could not execute a cell ({failed[r.name]})"
+                    )
+            else:
+                merge(r.results, step.finalize(acc[r.name]))
+        save()
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -971,19 +1109,23 @@ def notes(results: dict[str, dict[str, Any]]) -> list[str]:
                 reasons.setdefault(text, []).append(key)
         for text, keys in reasons.items():
             lines.append(f"{name} [{', '.join(keys)}] {text}")
-        lines += [f"{name} {err}" for err in res.get("launch_errors", [])]
+        shown = {text.split(": ", 1)[-1] for text in reasons}
+        lines += [f"{name} {e}" for e in res.get("launch_errors", []) if e not in shown]
     return lines
 
 
 def scaling_tables(results: dict[str, dict[str, Any]]) -> str:
-    names = [n for n in results if "scaling" in results[n]]
+    names = [
+        n for n in results if any(k.startswith("scaling_") for k in results[n]["step_seconds"])
+    ]
     if not names:
         return ""
+    scaling = {n: results[n].get("scaling", {}) for n in names}
     rows = []
-    counts = sorted({int(c) for n in names for c in results[n]["scaling"]["clients"]})
+    counts = sorted({int(c) for n in names for c in scaling[n].get("clients", {})})
     for c in counts:
         for n in names:
-            r = results[n]["scaling"]["clients"].get(str(c))
+            r = scaling[n].get("clients", {}).get(str(c))
             if r is None:
                 rows.append([str(c), n, *["error"] * 5])
                 continue
@@ -1007,12 +1149,12 @@ def scaling_tables(results: dict[str, dict[str, Any]]) -> str:
         "lines lost (worst client)",
         "1 MB display -> idle at all",
     ]
-    out = [render_table(headers, rows)]
+    out = [render_table(headers, rows)] if rows else []
     rows = []
-    sizes = sorted({int(s) for n in names for s in results[n]["scaling"]["sizes"]})
+    sizes = sorted({int(s) for n in names for s in scaling[n].get("sizes", {})})
     for size in sizes:
         for n in names:
-            r = results[n]["scaling"]["sizes"].get(str(size))
+            r = scaling[n].get("sizes", {}).get(str(size))
             cells = (
                 ["error"] * 3
                 if r is None
@@ -1023,13 +1165,14 @@ def scaling_tables(results: dict[str, dict[str, Any]]) -> str:
                 ]
             )
             rows.append([fmt_bytes(size), n, *cells])
-    out.append(
-        render_table(
-            ["display payload", "kernel", "-> display_data", "-> idle", "throughput"], rows
-        )
-    )
+    if rows:
+        headers = ["display payload", "kernel", "-> display_data", "-> idle", "throughput"]
+        out.append(render_table(headers, rows))
     errors = [
-        f"{n} {label}: {e}" for n in names for label, e in results[n]["scaling"]["errors"].items()
+        f"{n} {step}: {text}"
+        for n in names
+        for step, text in results[n]["step_errors"].items()
+        if step.startswith("scaling_")
     ]
     if errors:
         out.append("\n".join(errors))
@@ -1078,9 +1221,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--steps",
         default="",
-        help="only these steps (comma-separated: launches,"
-        + ",".join(s for s, _, _ in EXEC_STEPS[1:])
-        + ")",
+        help="only these steps, comma-separated: "
+        + ",".join(s.name for s in [*main_steps(), POLITE_SHUTDOWN])
+        + " (smoke always runs)",
     )
     return p.parse_args(argv)
 
@@ -1093,7 +1236,7 @@ def main(argv: list[str] | None = None) -> int:
     global TRIKERNEL_SRC
     TRIKERNEL_SRC = Path(args.trikernel_src).resolve() if args.trikernel_src else None
     names = [n.strip() for n in args.kernels.split(",") if n.strip()]
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    wanted = {s.strip() for s in args.steps.split(",") if s.strip()}
     json_path = Path(args.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     profile_dir = Path(args.profile) if args.profile else None
@@ -1116,19 +1259,25 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in names:
         kernel_spec(name)  # fail early on unknown names
-        print(f"== {name}", file=sys.stderr, flush=True)
-        began = perf()
-        res: dict[str, Any] = {}
-        results[name] = res
-        if not steps or "launches" in steps:
-            res.update(step_launches(name, cfg, log_dir))
-            save()
-        res.update(run_exec_steps(name, cfg, log_dir, steps, profile_dir))
-        save()
-        if args.scaling:
-            res["scaling"] = run_scaling(name, cfg, log_dir)
-            save()
-        res["bench_seconds"] = perf() - began
+    runners = [Runner(name, cfg, log_dir, profile_dir) for name in names]
+    for r in runners:
+        results[r.name] = r.results
+    steps = [s for s in main_steps() if not wanted or s.name in wanted or s.name == "smoke"]
+    if args.scaling:
+        steps += scaling_steps(cfg)
+    if not wanted or POLITE_SHUTDOWN.name in wanted:
+        steps.append(POLITE_SHUTDOWN)
+    try:
+        run_interleaved(runners, steps, cfg, save)
+    finally:
+        for r in runners:
+            r.discard()
+        left = [describe(p) for p in Kernel.every_process.values() if p.is_running()]
+        left = [d for d in left if "zombie" not in d.lower()]
+        report["leftover_processes"] = left
+        if left:
+            print(f"leftover processes (killing them): {left}", file=sys.stderr)
+            kill_processes(Kernel.every_process.values())
     table, records = main_table(results)
     report["table"] = records
     report["notes"] = notes(results)
