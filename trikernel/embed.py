@@ -42,6 +42,8 @@ __all__ = ["open_kernel", "serve_kernel", "EmbeddedKernel"]
 
 log = logging.getLogger("trikernel.embed")
 
+SUBPROCESS_STOP_TIMEOUT = 5.0  # a subprocess evaluator's polite shutdown, then cancel
+
 
 @dataclass
 class EmbeddedKernel:
@@ -160,17 +162,40 @@ async def serve_kernel(
     else:
         path = Path(connection_file)
     kernel = Kernel(info, evaluator_factory=factory, handle_signals=False)
+    # The kernel is shielded from our caller's cancellation: we stop it ourselves, so
+    # that a subprocess evaluator gets a polite shutdown before the sockets close.
+    kernel_scope = trio.CancelScope(shield=True)
+    kernel_done = trio.Event()
+    grace = SUBPROCESS_STOP_TIMEOUT if evaluator == "subprocess" else 0.0
+
+    async def run_kernel(task_status: trio.TaskStatus[ConnectionInfo]) -> None:
+        try:
+            with kernel_scope:
+                await kernel.run(task_status=task_status)
+        finally:
+            kernel_done.set()
+
     written = False
     handle: EmbeddedKernel | None = None
     try:
         async with trio.open_nursery() as nursery:
-            real: ConnectionInfo = await nursery.start(kernel.run)
-            write_connection_file(path, real)
-            written = True
-            handle = EmbeddedKernel(real, path, ns, kernel)
-            log.info("embedded trikernel is running. To attach:\n    %s", handle.attach_command)
-            task_status.started(handle)
-            # kernel.run returns on a client's shutdown_request; cancellation ends it too.
+            real: ConnectionInfo = await nursery.start(run_kernel)
+            try:
+                write_connection_file(path, real)
+                written = True
+                handle = EmbeddedKernel(real, path, ns, kernel)
+                log.info("embedded trikernel is running. To attach:\n    %s", handle.attach_command)
+                task_status.started(handle)
+                await kernel_done.wait()  # a client's shutdown_request, or handle.stop()
+            finally:
+                # Cancelled, or an error: stop the kernel (politely first if it has a
+                # subprocess), then close everything.
+                if not kernel_done.is_set():
+                    kernel.request_shutdown(False)
+                    if grace > 0:
+                        with trio.CancelScope(shield=True), trio.move_on_after(grace):
+                            await kernel_done.wait()
+                    kernel_scope.cancel()
     finally:
         if written:
             with contextlib.suppress(OSError):
