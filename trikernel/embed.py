@@ -59,6 +59,10 @@ class EmbeddedKernel:
     def attach_command(self) -> str:
         return f"jupyter console --existing {self.connection_file}"
 
+    def interrupt(self) -> None:
+        """Cancel the running cell, as an interrupt_request would."""
+        self.kernel.interrupt()
+
     def stop(self) -> None:
         """End the embedded kernel as a client's shutdown_request would."""
         self.kernel.request_shutdown(False)
@@ -229,3 +233,34 @@ async def open_kernel(
             yield handle
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def _send_interrupt(connection_file: str) -> str:
+    from .client import open_client
+    from .connection import read_connection_file
+
+    async with open_client(read_connection_file(connection_file)) as client:
+        reply = await client.interrupt(timeout=5)
+    return str(reply.content.get("status"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trikernel.embed interrupt FILE``: interrupt the running cell of a
+    kernel (``jupyter console --existing`` cannot: it only signals kernels it started)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m trikernel.embed")
+    parser.add_argument("command", choices=["interrupt"])
+    parser.add_argument("connection_file")
+    args = parser.parse_args(argv)
+    try:
+        status = trio.run(_send_interrupt, args.connection_file)
+    except Exception as exc:  # no kernel there, bad file, timeout: say so, briefly
+        print(f"could not interrupt: {exc!r}")
+        return 1
+    print(f"interrupt_request: {status}")
+    return 0 if status == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -241,6 +241,22 @@ async def test_cells_errors_display_and_stdin(tmp_path: Path) -> None:
                 assert r.reply.content["user_expressions"]["twice"]["data"] == {"text/plain": "12"}
 
 
+async def test_interrupt_from_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "k.json"
+    async with embed.open_kernel(connection_file=path) as k:
+        async with open_client(k.info) as c:
+            with trio.fail_after(15):
+                await c.wait_for_ready(10)
+                request = await c.submit("import trio; await trio.sleep(30)", stop_on_error=False)
+                await trio.sleep(0.1)
+                status = await trio.to_thread.run_sync(embed.main, ["interrupt", str(path)])
+                assert status == 0
+                reply = await c.reply_to(request.msg_id)
+                assert reply.content["ename"] == "KeyboardInterrupt"
+    with trio.fail_after(10):  # the kernel and its file are gone
+        assert await trio.to_thread.run_sync(embed.main, ["interrupt", str(path)]) == 1
+
+
 async def test_introspection_requests(tmp_path: Path) -> None:
     ns: dict[str, Any] = {"trio": trio, "long_variable_name": 1}
     async with embed.open_kernel(ns, tmp_path / "k.json") as k:
