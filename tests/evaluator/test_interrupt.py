@@ -65,13 +65,19 @@ async def test_awaiting_code_background_survives(
         "    while True:\n"
         "        ticks.append(1)\n"
         "        await trio.sleep(0.01)\n"
-        "background.start_soon(ticker)"
+        "async def later():\n"
+        "    await trio.sleep(1)\n"
+        "    print('printed later')\n"
+        "background.start_soon(ticker)\n"
+        "background.start_soon(later)"
     )
     assert (await run(evaluator, setup))["status"] == "ok"
     code = "print('started')\nawait trio.sleep(60)"
     reply, latency = await interrupt_when_started(evaluator, recorder, code)
     print(f"\ninterrupt latency (awaiting): {latency * 1e3:.0f} ms")
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    assert "printed later" not in recorder.text()
+    await recorder.wait_for(lambda: "printed later" in recorder.text())
     before = await run(evaluator, "n = len(ticks)")
     await trio.sleep(0.1)
     recorder.clear()

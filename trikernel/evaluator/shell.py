@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -321,6 +322,18 @@ def _only_cancellations(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled | KeyboardInterrupt)
 
 
+def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` cut before the first frame of trio's own code."""
+    kept = []
+    while tb is not None and not tb.tb_frame.f_globals.get("__name__", "").startswith("trio."):
+        kept.append(tb)
+        tb = tb.tb_next
+    result = None
+    for entry in reversed(kept):
+        result = types.TracebackType(result, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return result
+
+
 def _contains_group(exc: BaseException | None) -> bool:
     while exc is not None:
         if isinstance(exc, BaseExceptionGroup):
@@ -392,8 +405,9 @@ class KernelShell(InteractiveShell):
         except ValueError:
             return super().showtraceback(exc_tuple, filename, tb_offset, exception_only)
         if self.interrupted and _only_cancellations(value):
-            # An awaiting cell was cancelled by an interrupt: say so in the usual words.
-            etype, value = KeyboardInterrupt, KeyboardInterrupt()
+            # An awaiting cell was cancelled by an interrupt: say so in the usual words,
+            # and stop the traceback where trio's internals begin.
+            etype, value, tb = KeyboardInterrupt, KeyboardInterrupt(), _user_frames(tb)
         if _contains_group(value) and not exception_only and etype is not UsageError:
             # IPython prints groups with traceback.print_exc (no error message): format
             # them here so the error reaches the frontend and the reply.
@@ -402,6 +416,13 @@ class KernelShell(InteractiveShell):
         super().showtraceback(
             (etype, value, tb), filename, tb_offset, exception_only, running_compiled_code
         )
+
+    def _format_exception_for_storage(self, exception: Any, *args: Any, **kwargs: Any) -> Any:
+        # History keeps a formatted copy of each cell's exception (IPython 9); an
+        # interrupted awaiting cell would pay for formatting trio's stack twice.
+        if self.interrupted and _only_cancellations(exception):
+            return {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ["KeyboardInterrupt"]}
+        return super()._format_exception_for_storage(exception, *args, **kwargs)
 
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
         self._last_error = {
