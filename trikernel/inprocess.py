@@ -539,9 +539,7 @@ class InProcessEvaluator:
     def _format(self, obj: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         try:
             if self._formatter is None:
-                from IPython.core.formatters import DisplayFormatter
-
-                self._formatter = DisplayFormatter()
+                self._formatter = _new_formatter()
             data, md = self._formatter.format(obj)
             if "text/plain" in data:
                 return dict(data), dict(md)
@@ -769,6 +767,23 @@ class InProcessEvaluator:
 
     def __repr__(self) -> str:
         return f"<InProcessEvaluator #{self._id} cells={self.execution_count}>"
+
+
+def _new_formatter() -> Any:
+    from IPython.core.formatters import DisplayFormatter
+
+    formatter = DisplayFormatter()
+    try:
+        # What IPython's inline backend registers: display(fig) shows a PNG. By name,
+        # so matplotlib is not imported unless the app uses it.
+        from IPython.core.pylabtools import print_figure
+
+        formatter.formatters["image/png"].for_type_by_name(
+            "matplotlib.figure", "Figure", lambda fig: print_figure(fig, "png")
+        )
+    except Exception:
+        log.debug("no figure formatter", exc_info=True)
+    return formatter
 
 
 def _cursor(content: dict[str, Any], code: str) -> int:

@@ -332,3 +332,22 @@ async def test_bad_evaluator_argument() -> None:
     with pytest.raises(ValueError, match="evaluator must be"):
         async with embed.open_kernel(evaluator="threads"):
             pass  # pragma: no cover
+
+
+async def test_display_of_a_matplotlib_figure_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    async with embed.open_kernel(connection_file=tmp_path / "k.json") as k:
+        async with open_client(k.info) as c:
+            with trio.fail_after(30):
+                await c.wait_for_ready(10)
+                r = await c.execute(
+                    "import matplotlib\n"
+                    "matplotlib.use('Agg')\n"
+                    "import matplotlib.pyplot as plt\n"
+                    "fig, ax = plt.subplots()\n"
+                    "ax.plot([1, 2])\n"
+                    "display(fig)\n"
+                    "plt.close(fig)"
+                )
+    [shown] = r.of_type("display_data")
+    assert shown.content["data"]["image/png"].startswith("iVBORw0KGgo")  # base64 PNG
