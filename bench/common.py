@@ -25,6 +25,7 @@ __all__ = [
     "median",
     "process_tree",
     "tree_memory",
+    "tree_cpu",
     "wait_processes_gone",
     "kill_processes",
     "profiled",
@@ -94,6 +95,19 @@ def tree_memory(pid: int) -> dict[str, Any]:
         total_pss += getattr(full, "pss", 0)
         procs.append({"pid": proc.pid, "cmd": cmd, "rss": full.rss, "uss": getattr(full, "uss", 0)})
     return {"rss": total_rss, "uss": total_uss, "pss": total_pss, "processes": procs}
+
+
+def tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by a process and, summed, by its descendants.
+    Unlike wall-clock times, these do not grow when other work competes for the CPUs."""
+    out = {"root": 0.0, "descendants": 0.0}
+    for proc in process_tree(pid):
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        out["root" if proc.pid == pid else "descendants"] += times.user + times.system
+    return out
 
 
 def _gone(proc: psutil.Process) -> bool:

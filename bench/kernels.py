@@ -46,6 +46,7 @@ from common import (
     profiled,
     render_table,
     summarize,
+    tree_cpu,
     tree_memory,
     wait_processes_gone,
 )
@@ -972,10 +973,13 @@ class Runner:
             else:
                 k = self.current()
                 label = f"{self.name}-{step.name}"
+                cpu_before = tree_cpu(k.pid)
                 with profiled(k.pid, label, self.profile_dir if i == 0 else None):
                     samples = step.run(k, self.cfg)
                 if step.consumes:
                     self.discard()
+                else:
+                    self.add_cpu(step.name, cpu_before, tree_cpu(k.pid))
         except Exception as exc:
             text = str(exc) if isinstance(exc, StepError) else f"{type(exc).__name__}: {exc}"
             print(f"  [{self.name}] {step.name} failed: {text}", file=sys.stderr, flush=True)
@@ -990,10 +994,33 @@ class Runner:
             acc.setdefault(key, []).extend(values)
         return None
 
+    def add_cpu(self, step: str, before: dict[str, float], after: dict[str, float]) -> None:
+        """CPU seconds the kernel process and its descendants spent in this step (a respawned
+        evaluator's CPU is lost, which only under-counts)."""
+        cpu = self.results.setdefault("cpu_seconds", {}).setdefault(
+            step, {"kernel": 0.0, "children": 0.0}
+        )
+        cpu["kernel"] += after["root"] - before["root"]
+        cpu["children"] += max(0.0, after["descendants"] - before["descendants"])
+
     def fail(self, step: Step, text: str) -> None:
         self.results["step_errors"][step.name] = text
         for key in step.keys:
             self.results[key] = {"error": text}
+
+
+def derive_cpu(results: dict[str, Any], cfg: Config) -> None:
+    """CPU per unit of work, from the per-step CPU totals (load-independent)."""
+    cpu = results.get("cpu_seconds", {})
+    per = {
+        "pass": ("cpu_per_pass_s", cfg.pass_rounds * (cfg.pass_per_round + 5)),
+        "prints": ("cpu_per_print200k_s", cfg.reps),
+        "display": ("cpu_per_display50mb_s", cfg.reps),
+    }
+    for step, (key, count) in per.items():
+        if step in cpu and step not in results["step_errors"]:
+            results[key] = (cpu[step]["kernel"] + cpu[step]["children"]) / count
+            results[key + "_split"] = {k: v / count for k, v in cpu[step].items()}
 
 
 def run_interleaved(
@@ -1050,6 +1077,9 @@ ROWS: list[tuple[str, str, str, tuple[str, float] | None]] = [
     ("heartbeat, time.sleep: max", "hb_sleep_max_s", "s", None),
     ("idle RSS, process tree (median)", "idle_rss_bytes", "b", ("ratio", 1.3)),
     ("idle USS, process tree (info)", "idle_uss_bytes", "b", None),
+    ("CPU per `pass` request, kernel tree", "cpu_per_pass_s", "s", None),
+    ("CPU for 200k prints, kernel tree", "cpu_per_print200k_s", "s", None),
+    ("CPU per 50 MB display, kernel tree", "cpu_per_display50mb_s", "s", None),
     ("shutdown_request -> all gone (median)", "shutdown_s", "s", None),
     ("KernelManager.shutdown_kernel() returns", "km_shutdown_s", "s", None),
 ]
@@ -1278,6 +1308,9 @@ def main(argv: list[str] | None = None) -> int:
         if left:
             print(f"leftover processes (killing them): {left}", file=sys.stderr)
             kill_processes(Kernel.every_process.values())
+    for r in runners:
+        derive_cpu(r.results, cfg)
+    report["loadavg_at_end"] = os.getloadavg()
     table, records = main_table(results)
     report["table"] = records
     report["notes"] = notes(results)
