@@ -271,6 +271,7 @@ class EvaluatorLoop:
                 "sync_token": self._sync_token,
             }
             self.outbox.send(Frame(READY, body))
+            self.shell.warm_up_tracebacks()
             while (frame := await self.inbox.receive()) is not None:
                 if frame.kind == SHUTDOWN:
                     break

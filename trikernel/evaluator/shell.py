@@ -39,6 +39,7 @@ from typing import Any
 import comm
 import comm.base_comm
 import trio
+from IPython.core import ultratb
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
@@ -420,9 +421,24 @@ class KernelShell(InteractiveShell):
     def _format_exception_for_storage(self, exception: Any, *args: Any, **kwargs: Any) -> Any:
         # History keeps a formatted copy of each cell's exception (IPython 9); an
         # interrupted awaiting cell would pay for formatting trio's stack twice.
-        if self.interrupted and _only_cancellations(exception):
+        if isinstance(exception, KeyboardInterrupt) or (
+            self.interrupted and _only_cancellations(exception)
+        ):
             return {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ["KeyboardInterrupt"]}
         return super()._format_exception_for_storage(exception, *args, **kwargs)
+
+    def warm_up_tracebacks(self) -> None:
+        """Format one traceback in a thread, so the first real one (often an
+        interrupt) does not pay for IPython's imports and caches (~60-100 ms)."""
+
+        def warm_up() -> None:
+            formatter = ultratb.AutoFormattedTB(mode=self.xmode, theme_name=self.colors)
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as exc:
+                formatter.structured_traceback(type(exc), exc, exc.__traceback__)
+
+        threading.Thread(target=warm_up, name="trikernel-warm-up", daemon=True).start()
 
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
         self._last_error = {
