@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -128,6 +129,14 @@ def _connection_info(ip: str, transport: str, key: str | None) -> ConnectionInfo
     return info
 
 
+def _remove_ipc_sockets(info: ConnectionInfo) -> None:
+    for channel in ("shell", "iopub", "stdin", "control", "hb"):
+        socket_path = f"{info.ip}-{info.port(channel)}"
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.stat(socket_path).st_mode):
+                os.unlink(socket_path)
+
+
 async def serve_kernel(
     namespace: dict[str, Any] | None = None,
     connection_file: str | os.PathLike[str] | None = None,
@@ -157,7 +166,9 @@ async def serve_kernel(
     _check_arguments(evaluator, namespace, transport)
     factory, ns = _evaluator_factory(evaluator, namespace)
     if transport == "ipc" and ip == "127.0.0.1":
-        ip = str(Path(default_runtime_dir()) / f"kernel-trikernel-embed-{os.getpid()}-ipc")
+        ip = str(
+            Path(default_runtime_dir()) / f"kernel-trikernel-embed-{os.getpid()}-{new_id()[:8]}"
+        )
     info = _connection_info(ip, transport, key)
     if connection_file is None:
         path = Path(default_runtime_dir()) / (
@@ -204,6 +215,8 @@ async def serve_kernel(
         if written:
             with contextlib.suppress(OSError):
                 path.unlink()
+        if transport == "ipc":
+            _remove_ipc_sockets(info)
         if handle is not None:
             handle.stopped.set()
         log.info("embedded trikernel stopped (%s)", path)

@@ -351,3 +351,17 @@ async def test_display_of_a_matplotlib_figure_is_a_png(tmp_path: Path) -> None:
                 )
     [shown] = r.of_type("display_data")
     assert shown.content["data"]["image/png"].startswith("iVBORw0KGgo")  # base64 PNG
+
+
+async def test_ipc_transport_cleans_up_its_sockets(tmp_path: Path) -> None:
+    prefix = tmp_path / "sock"
+    async with embed.open_kernel(
+        connection_file=tmp_path / "k.json", ip=str(prefix), transport="ipc"
+    ) as k:
+        assert k.info.transport == "ipc"
+        async with open_client(k.info) as c:
+            with trio.fail_after(15):
+                await c.wait_for_ready(10)
+                assert result_of(await c.execute("1 + 1")) == "2"
+        assert len(list(tmp_path.glob("sock-*"))) == 5
+    assert list(tmp_path.glob("sock-*")) == []
