@@ -404,6 +404,7 @@ class InProcessEvaluator:
         self._token = trio.lowlevel.current_trio_token()
         self._loop_thread = threading.get_ident()
         self._filenames: list[str] = []
+        self._serial = 0
         self._formatter: Any = None
         self._completer: Any = None
         self._transformer: Any = None
@@ -416,14 +417,15 @@ class InProcessEvaluator:
     ) -> dict[str, Any]:
         code = str(content.get("code", ""))
         silent = bool(content.get("silent", False))
-        if content.get("store_history", not silent) and not silent:
+        stored = bool(content.get("store_history", not silent)) and not silent
+        if stored:
             self.execution_count += 1
             self.history.append(code)
         count = self.execution_count
         cell = _Cell(self, request_input)
         token = _CURRENT.set(cell)
         try:
-            reply = await self._run_cell(code, count, silent, cell)
+            reply = await self._run_cell(code, count, silent, stored, cell)
             if reply["status"] == "ok":
                 reply["user_expressions"] = self._user_expressions(
                     content.get("user_expressions") or {}
@@ -434,8 +436,15 @@ class InProcessEvaluator:
         await self._drain()
         return reply
 
-    async def _run_cell(self, code: str, count: int, silent: bool, cell: _Cell) -> dict[str, Any]:
-        filename = f"<cell-{self._id}-{count}>" if count else f"<cell-{self._id}-silent>"
+    async def _run_cell(
+        self, code: str, count: int, silent: bool, stored: bool, cell: _Cell
+    ) -> dict[str, Any]:
+        # Unique per cell (linecache holds its source for tracebacks of the functions it
+        # defines); the kernel number keeps two embedded kernels apart.
+        self._serial += 1
+        filename = (
+            f"<cell-{self._id}-{count}>" if stored else f"<cell-{self._id}-{count}.{self._serial}>"
+        )
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         self._filenames.append(filename)
         try:

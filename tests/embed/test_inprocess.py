@@ -196,6 +196,11 @@ async def test_cells_errors_display_and_stdin(tmp_path: Path) -> None:
                 assert content["ename"] == "ZeroDivisionError"
                 tb = "\n".join(content["traceback"])
                 assert "inprocess.py" not in tb and "return 1 / 0" in tb
+                # Every cell keeps its own source, stored in history or not.
+                await c.execute("def h():\n    raise ValueError('from h')")
+                await c.execute("'another cell, same count'", store_history=False)
+                r = await c.execute("h()")
+                assert "raise ValueError('from h')" in "\n".join(r.reply.content["traceback"])
                 r = await c.execute("def (")
                 assert r.reply.content["ename"] == "SyntaxError"
                 # SystemExit and KeyboardInterrupt raised by a cell end the cell, not the app.
