@@ -324,9 +324,11 @@ def _only_cancellations(exc: BaseException) -> bool:
 
 
 def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
-    """``tb`` cut before the first frame of trio's own code."""
+    """``tb`` cut before the first frame of trio's or trikernel's own code."""
     kept = []
-    while tb is not None and not tb.tb_frame.f_globals.get("__name__", "").startswith("trio."):
+    while tb is not None and not tb.tb_frame.f_globals.get("__name__", "").startswith(
+        ("trio.", "trikernel.")
+    ):
         kept.append(tb)
         tb = tb.tb_next
     result = None
@@ -406,9 +408,10 @@ class KernelShell(InteractiveShell):
         except ValueError:
             return super().showtraceback(exc_tuple, filename, tb_offset, exception_only)
         if self.interrupted and _only_cancellations(value):
-            # An awaiting cell was cancelled by an interrupt: say so in the usual words,
-            # and stop the traceback where trio's internals begin.
-            etype, value, tb = KeyboardInterrupt, KeyboardInterrupt(), _user_frames(tb)
+            # An awaiting cell was cancelled by an interrupt: say so in the usual words.
+            etype, value = KeyboardInterrupt, KeyboardInterrupt()
+        if etype is KeyboardInterrupt:
+            tb = _user_frames(tb)  # stop where trio's or our own code begins
         if _contains_group(value) and not exception_only and etype is not UsageError:
             # IPython prints groups with traceback.print_exc (no error message): format
             # them here so the error reaches the frontend and the reply.
