@@ -180,7 +180,7 @@ class Background:
                 await async_fn(*args)
             else:
                 await async_fn(*args, task_status=status)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() must not end the evaluator
             if task_status is not trio.TASK_STATUS_IGNORED and not status.done:
                 raise  # before started(): the caller of start() gets it
             self._shell.show_background_error(exc, _name_of(async_fn))
