@@ -4,9 +4,16 @@ Public surface: ``open_kernel`` / ``serve_kernel`` to embed a kernel in a trio
 application, ``Kernel`` for the standalone kernel, ``__version__``.
 """
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__ as __version__
 from .connection import ConnectionInfo as ConnectionInfo
 from .errors import TrikernelError as TrikernelError
+
+if TYPE_CHECKING:
+    from .embed import open_kernel as open_kernel
+    from .embed import serve_kernel as serve_kernel
+    from .kernel import Kernel as Kernel
 
 __all__ = [
     "__version__",

@@ -105,7 +105,7 @@ class Peer:
 
     async def write_loop(self) -> None:
         # The single writer of this stream; batches what is already queued.
-        async with self._queue_receive:
+        with self._queue_receive:
             async for data in self._queue_receive:
                 batch = [data]
                 size = len(data)
