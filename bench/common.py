@@ -176,10 +176,11 @@ def profiled(pid: int, label: str, out_dir: Path | None) -> Iterator[None]:
 _LINE = re.compile(r"(\(.*?):\d+\)$")
 
 
-def summarize_stacks(raw: str, top: int = 25) -> str:
-    """Top functions by self and by inclusive samples, from py-spy's collapsed stacks."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
+def summarize_stacks(raw: str, top: int = 20) -> str:
+    """Per process: share of samples, then the top functions by self and by inclusive samples
+    (percentages of all samples), from py-spy's collapsed stacks."""
+    own: dict[str, Counter[str]] = {}
+    inclusive: dict[str, Counter[str]] = {}
     processes: Counter[str] = Counter()
     total = 0
     for line in raw.splitlines():
@@ -188,18 +189,21 @@ def summarize_stacks(raw: str, top: int = 25) -> str:
             continue
         n = int(count)
         frames = [_LINE.sub(r"\1)", f) for f in stack.split(";")]  # per function, not per line
+        # With --subprocesses a child's stack is nested under its parent's process frame.
+        owners = [i for i, f in enumerate(frames) if f.startswith("process ")]
+        owner = frames[owners[-1]] if owners else "process ?"
+        frames = frames[owners[-1] + 1 :] if owners else frames
         total += n
-        if frames[0].startswith("process "):
-            processes[frames[0]] += n
-        own[frames[-1]] += n
+        processes[owner] += n
+        own.setdefault(owner, Counter())[frames[-1] if frames else "?"] += n
         for frame in set(frames):
-            inclusive[frame] += n
-    out = [f"samples: {total}", "", "by process:"]
-    out += [f"{n / total:6.1%}  {p}" for p, n in processes.most_common()]
-    out += ["", "self:"]
-    out += [f"{n / total:6.1%}  {f}" for f, n in own.most_common(top)] if total else []
-    out += ["", "inclusive:"]
-    out += [f"{n / total:6.1%}  {f}" for f, n in inclusive.most_common(top)] if total else []
+            inclusive.setdefault(owner, Counter())[frame] += n
+    out = [f"samples: {total}"]
+    for owner, count in processes.most_common():
+        out += ["", f"{count / total:6.1%}  {owner[:150]}", "  self:"]
+        out += [f"  {n / total:6.1%}  {f}" for f, n in own[owner].most_common(top)]
+        out += ["  inclusive:"]
+        out += [f"  {n / total:6.1%}  {f}" for f, n in inclusive[owner].most_common(top)]
     return "\n".join(out) + "\n"
 
 
