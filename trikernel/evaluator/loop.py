@@ -15,15 +15,17 @@ from the bridge (``Inbox``) and dispatches them:
   concurrently; while a cell runs synchronous code they wait for the loop;
 * ``shutdown`` or end of stream stops everything.
 
-``trio`` is imported into the user namespace. ``background`` wraps a nursery opened at start-up, so its
-tasks outlive the cells that start them and an interrupt (which cancels only
-the cell's scope) leaves them running. An exception in a background task is
-shown as an ``error`` output naming the task; the evaluator carries on.
-Output of a ``silent`` cell is dropped, including background output produced
-while it runs. Background output is not tagged with a cell: everything goes through one
+``trio`` is imported into the user namespace. ``background`` wraps a nursery
+opened at start-up, so its tasks outlive the cells that start them and an
+interrupt (which cancels only the cell's scope) leaves them running. An
+exception in a background task is shown as an ``error`` output naming the
+task; the evaluator carries on.
+
+Attribution: output is not tagged with a cell. Everything goes through one
 ordered pipe, so a background print made while a cell runs arrives among that
-cell's outputs, and one made between cells arrives on its own (the kernel
-attributes it, e.g. to the last request).
+cell's outputs (before its reply), and one made between cells arrives on its
+own (the kernel attributes it, e.g. to the last request). Output of a
+``silent`` cell is dropped, including background output made while it runs.
 
 What SIGINT does (our handler replaces trio's, which would deliver it to the
 main task and end the evaluator):
@@ -61,7 +63,6 @@ import ctypes
 import os
 import select
 import signal
-import sys
 import threading
 import time
 import types
@@ -298,8 +299,9 @@ class EvaluatorLoop:
         elif frame.kind == REQUEST:
             try:
                 self._work_send.send_nowait(frame)
-            except trio.WouldBlock:
-                print("trikernel: request queue full, dropped a", frame.kind, file=sys.stderr)
+            except trio.WouldBlock:  # answer at once rather than leave the bridge waiting
+                error = {"status": "error", "ename": "Busy", "evalue": "too many requests"}
+                self.outbox.send(Frame(RESPONSE, {"id": frame.body["id"], "content": error}))
         # INPUT_REPLY outside input(): a late answer to an interrupted input(); drop it.
 
     async def _work(self) -> None:
@@ -411,7 +413,10 @@ class EvaluatorLoop:
             # In our own code: raise it when that code returns to the user's
             # (Outbox.safe_point), or when a re-sent SIGINT lands in user code.
             self._pending_interrupt = cell
-            os.write(self._retry_w, b"!")
+            try:
+                os.write(self._retry_w, b"!")
+            except BlockingIOError:
+                pass  # a retry is already queued
         if self._token is not None:
             self._token.run_sync_soon(self._cancel_cell, cell.id)
 
