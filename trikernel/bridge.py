@@ -56,6 +56,7 @@ from __future__ import annotations
 import codecs
 import inspect
 import itertools
+import math
 import os
 import secrets
 import signal
@@ -157,8 +158,11 @@ async def open_subprocess_evaluator(
             else:
                 yield evaluator
         finally:
+            # When cancelled, the tasks that would deliver a polite shutdown are gone:
+            # go straight to the lifeline and SIGKILL.
+            polite = trio.current_effective_deadline() != -math.inf
             with trio.CancelScope(shield=True):
-                await evaluator.aclose()
+                await evaluator.aclose(polite=polite)
             nursery.cancel_scope.cancel()
     if failed is not None:
         raise failed
@@ -402,15 +406,16 @@ class SubprocessEvaluator:
         except EvaluatorDied:
             pass
 
-    async def aclose(self) -> None:
-        """Stop the evaluator: shutdown frame, then lifeline, then SIGKILL to its group."""
+    async def aclose(self, *, polite: bool = True) -> None:
+        """Stop the evaluator: shutdown frame (if ``polite``), then lifeline, then SIGKILL
+        to its group."""
         self._closing = True
         self.interrupt()
         with trio.CancelScope(shield=True):
             async with self._spawn_lock:
                 child, self._child = self._child, None
             if child is not None:
-                await self._stop(child, polite=True)
+                await self._stop(child, polite=polite)
 
     # -- spawning ----------------------------------------------------------------
     async def _live_child(self) -> _Child:
@@ -473,7 +478,10 @@ class SubprocessEvaluator:
         return child
 
     async def _stop(self, child: _Child, *, polite: bool) -> None:
-        """Make ``child`` exit (politely: shutdown frame, grace period) and wait for it."""
+        """Make ``child`` exit (politely: shutdown frame, grace period) and wait for it.
+
+        Waits on the process itself, not on ``child.exited``: when the kernel is
+        cancelled, the supervising task that sets ``exited`` is gone already."""
         child.expected_exit = True
         if polite and not child.exited.is_set():
             try:
@@ -482,13 +490,13 @@ class SubprocessEvaluator:
                 pass
             child.outgoing.close()
             with trio.move_on_after(self.grace_period):
-                await child.exited.wait()
+                await child.process.wait()
         child.close_lifeline()
-        if not child.exited.is_set():
+        if child.process.returncode is None:
             with trio.move_on_after(0.5 if polite else 0):
-                await child.exited.wait()
+                await child.process.wait()
         child.signal_group(signal.SIGKILL)  # the leader and whatever it left behind
-        await child.exited.wait()
+        await child.process.wait()
 
     # -- per-child tasks -----------------------------------------------------------
     async def _supervise(self, child: _Child, task_status: trio.TaskStatus[None]) -> None:

@@ -175,9 +175,12 @@ class Kernel:
         content: dict[str, Any],
         parent: Message | None,
         buffers: list[bytes] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         """Queue one iopub message; the iopub writer sends them in order."""
-        await self._iopub_send.send(self._iopub_frames(msg_type, content, parent, buffers))
+        await self._iopub_send.send(
+            self._iopub_frames(msg_type, content, parent, buffers, metadata)
+        )
 
     def _iopub_frames(
         self,
@@ -185,6 +188,7 @@ class Kernel:
         content: dict[str, Any],
         parent: Message | None,
         buffers: list[bytes] | None,
+        metadata: dict[str, Any] | None,
     ) -> list[bytes]:
         if msg_type == "stream":
             topic = f"stream.{content.get('name', 'stdout')}"
@@ -197,7 +201,7 @@ class Kernel:
         msg = Message(
             header=new_header(msg_type, self.session),
             parent_header=parent.header if parent is not None else {},
-            metadata={},
+            metadata=metadata or {},
             content=content,
             buffers=list(buffers or []),
             identities=[topic.encode()],
@@ -228,9 +232,14 @@ class Kernel:
         self.iopub.publish_nowait(serialize(msg, self.signer), to=peer)
 
     async def _on_evaluator_output(
-        self, msg_type: str, content: dict[str, Any], buffers: list[bytes]
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: list[bytes],
+        metadata: dict[str, Any] | None = None,
     ) -> None:
-        await self.publish(msg_type, content, self._last_parent, buffers)
+        # metadata matters for comm_open: ipywidgets puts its protocol version there.
+        await self.publish(msg_type, content, self._last_parent, buffers, metadata)
 
     # ---- incoming ----------------------------------------------------------
 

@@ -23,7 +23,7 @@ class TrikernelTests(jupyter_kernel_test.KernelTests):
     invalid_code_samples = ["import = 7q"]
     code_page_something = "zip?"
     code_generate_error = "raise ValueError('boom')"
-    code_execute_result = [{"code": "6*7", "result": "42"}]
+    code_execute_result = [{"code": "6*7", "result": "42"}, {"code": "1+2+3", "result": "6"}]
     code_display_data = [
         {
             "code": "from IPython.display import HTML, display; display(HTML('<b>test</b>'))",
@@ -35,7 +35,7 @@ class TrikernelTests(jupyter_kernel_test.KernelTests):
         },
     ]
     code_history_pattern = "1?2*"
-    supported_history_operations = ("tail", "search")
+    supported_history_operations = ("tail", "range", "search")
     code_inspect_sample = "zip"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
 

@@ -623,7 +623,10 @@ class KernelShell(InteractiveShell):
             )
         else:
             hist = []
-        return {"status": "ok", "history": [list(entry) for entry in hist]}
+        # IPython reports the current session as 0 in ranges; clients expect its number,
+        # as tail and search give it.
+        current = hm.session_number
+        return {"status": "ok", "history": [[entry[0] or current, *entry[1:]] for entry in hist]}
 
     def _reply_is_complete(self, content: dict[str, Any]) -> dict[str, Any]:
         status, indent = self.check_complete(content.get("code", ""))
