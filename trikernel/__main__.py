@@ -7,6 +7,13 @@ import logging
 import sys
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trikernel", description="A Jupyter kernel on trio."
@@ -19,6 +26,14 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-unsigned",
         action="store_true",
         help="accept a connection file with an empty key (insecure)",
+    )
+    parser.add_argument(
+        "--interrupt-grace",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long an interrupted cell may take to stop before the evaluator is "
+        "killed and restarted (default 3)",
     )
     parser.add_argument("--debug", action="store_true", help="log debug messages to stderr")
     return parser
@@ -46,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         return selftest_main()
     from .launch import run_kernel
 
-    return run_kernel(args.connection_file, ip=args.ip, allow_unsigned=args.allow_unsigned)
+    return run_kernel(
+        args.connection_file,
+        ip=args.ip,
+        allow_unsigned=args.allow_unsigned,
+        interrupt_grace=args.interrupt_grace,
+    )
 
 
 if __name__ == "__main__":

@@ -47,10 +47,14 @@ log = logging.getLogger("trikernel.kernel")
 EvaluatorFactory = Callable[["OutputCallback"], AbstractAsyncContextManager["Evaluator"]]
 
 
-def _subprocess_evaluator(on_output: OutputCallback) -> AbstractAsyncContextManager[Evaluator]:
+def _subprocess_evaluator(
+    on_output: OutputCallback, grace_period: float | None = None
+) -> AbstractAsyncContextManager[Evaluator]:
     from .bridge import open_subprocess_evaluator
 
-    return open_subprocess_evaluator(on_output)
+    if grace_period is None:
+        return open_subprocess_evaluator(on_output)
+    return open_subprocess_evaluator(on_output, grace_period=grace_period)
 
 
 _CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
@@ -69,13 +73,19 @@ class Kernel:
         handle_signals: bool = False,
         parent_pid: int | None = None,
         max_frame_size: int = 1 << 30,
+        interrupt_grace: float | None = None,
     ) -> None:
+        """``interrupt_grace``: seconds an interrupted cell may take to stop before the
+        subprocess evaluator is killed and replaced (None: the bridge's default); only
+        used with the default evaluator factory."""
         self.info = info
         self.session = new_id()
         self.signer = Signer(info.key.encode(), info.signature_scheme)
         self.execution_count = 0
         self.restart_requested = False
-        self._evaluator_factory = evaluator_factory or _subprocess_evaluator
+        self._evaluator_factory: EvaluatorFactory = evaluator_factory or (
+            lambda on_output: _subprocess_evaluator(on_output, interrupt_grace)
+        )
         self._handle_signals = handle_signals
         self._parent_pid = parent_pid
         self._limits = dict(max_frame_size=max_frame_size, max_message_size=max_frame_size)

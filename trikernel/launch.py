@@ -24,7 +24,11 @@ log = logging.getLogger("trikernel")
 
 
 def run_kernel(
-    connection_file: str | None, *, ip: str = "127.0.0.1", allow_unsigned: bool = False
+    connection_file: str | None,
+    *,
+    ip: str = "127.0.0.1",
+    allow_unsigned: bool = False,
+    interrupt_grace: float | None = None,
 ) -> int:
     """Serve until shutdown; returns the exit status."""
     if connection_file is not None:
@@ -50,7 +54,10 @@ def run_kernel(
         announce = True
     parent = os.environ.get("JPY_PARENT_PID")
     kernel = Kernel(
-        info, handle_signals=True, parent_pid=int(parent) if parent and parent.isdigit() else None
+        info,
+        handle_signals=True,
+        parent_pid=int(parent) if parent and parent.isdigit() else None,
+        interrupt_grace=interrupt_grace,
     )
     try:
         trio.run(_serve, kernel, path, info, announce)
