@@ -1,0 +1,36 @@
+"""Fixtures for the reliability tests: a kernel process per module where tests can
+share one (each test leaves it serving), a fresh one where a test ends it."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+
+from .helpers import KernelProcess
+
+
+@pytest.fixture(scope="module")
+def module_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="trikernel-reliability-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="module")
+def kernel(module_dir: Path) -> Iterator[KernelProcess]:
+    """One kernel process for the whole module (grace period 1 s); killed at the end."""
+    with KernelProcess(module_dir) as k:
+        yield k
+
+
+@pytest.fixture(scope="module")
+def kc(kernel: KernelProcess) -> Iterator[BlockingKernelClient]:
+    """One jupyter_client client for the whole module: it must survive every test."""
+    client = kernel.client()
+    try:
+        yield client
+    finally:
+        client.stop_channels()

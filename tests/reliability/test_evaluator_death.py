@@ -1,0 +1,192 @@
+"""Promise 1: the evaluator can die in every way and the kernel goes on.
+
+One kernel process and one jupyter_client client serve the whole module. After each
+death the running cell ends with an ``EvaluatorDied`` error reply naming the exit code
+or signal, a stderr stream says the namespace was reset, a new evaluator (new pid)
+runs the next cell, and the kernel process and the client's TCP connections (the
+client-side ports seen in /proc/net/tcp) are exactly the ones from the start: nobody
+reconnected.
+
+The OOM case is simulated: the cell allocates 200 MiB and the test SIGKILLs it, which
+is what the Linux OOM killer does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+
+from .helpers import (
+    TIMEOUT,
+    KernelProcess,
+    alive,
+    established_peers,
+    result_text,
+    rss_kib,
+    run,
+    stream_text,
+)
+
+CONNECTED = ("shell", "control", "stdin", "iopub")
+
+
+@pytest.fixture(scope="module")
+def baseline(kernel: KernelProcess, kc: BlockingKernelClient) -> dict[str, Any]:
+    """What must never change: the kernel pid and the client's connections."""
+    run(kc, "1")
+    peers = {ch: established_peers(kernel.port(ch)) for ch in CONNECTED}
+    assert all(len(p) == 1 for p in peers.values()), peers
+    return {"pid": kernel.pid, "peers": peers}
+
+
+def evaluator_pid(kc: BlockingKernelClient) -> int:
+    reply, outputs = run(kc, "import os; print(os.getpid())")
+    assert reply["content"]["status"] == "ok"
+    return int(stream_text(outputs))
+
+
+def check_survived(
+    kernel: KernelProcess,
+    kc: BlockingKernelClient,
+    baseline: dict[str, Any],
+    old_pid: int | None,
+) -> None:
+    assert kernel.proc is not None and kernel.proc.poll() is None, "the kernel process died"
+    assert kernel.pid == baseline["pid"]
+    now = {ch: established_peers(kernel.port(ch)) for ch in CONNECTED}
+    assert now == baseline["peers"], "a client connection was closed or reopened"
+    assert kc.is_alive()
+    # A fresh evaluator, with a fresh namespace, runs the next cell.
+    new_pid = evaluator_pid(kc)
+    if old_pid is not None:
+        assert new_pid != old_pid
+        assert not alive(old_pid)
+    reply, _ = run(kc, "before_death")
+    assert reply["content"]["ename"] == "NameError"
+
+
+def run_until_death(
+    kc: BlockingKernelClient, code: str, kill: int | None = None, after: str | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Execute ``code``; if ``kill`` is a pid, SIGKILL it once ``after`` was printed."""
+    outputs: list[dict[str, Any]] = []
+    msg_id = kc.execute(code)
+    deadline = time.monotonic() + TIMEOUT
+    killed = kill is None
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        outputs.append(msg)
+        if not killed and msg["msg_type"] == "stream" and after and after in msg["content"]["text"]:
+            assert kill is not None
+            os.kill(kill, signal.SIGKILL)
+            killed = True
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    reply = kc.get_shell_msg(timeout=TIMEOUT)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    return reply, outputs
+
+
+CASES = {
+    "segfault": ("import ctypes; ctypes.string_at(0)", "killed by signal 11 (SIGSEGV)"),
+    "os._exit": ("import os; os._exit(3)", "exited with code 3"),
+    "abort": ("import os; os.abort()", "killed by signal 6 (SIGABRT)"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_death_inside_the_cell(
+    kernel: KernelProcess, kc: BlockingKernelClient, baseline: dict[str, Any], case: str
+) -> None:
+    code, what = CASES[case]
+    old = evaluator_pid(kc)
+    run(kc, "before_death = 1")
+    reply, outputs = run_until_death(kc, code)
+    content = reply["content"]
+    assert content["status"] == "error"
+    assert content["ename"] == "EvaluatorDied"
+    assert what in content["evalue"], content["evalue"]
+    notice = stream_text(outputs, "stderr")
+    assert what in notice and "namespace was reset" in notice, notice
+    check_survived(kernel, kc, baseline, old)
+
+
+@pytest.mark.parametrize("oom", [False, True], ids=["kill-9", "oom-like-kill-9"])
+def test_sigkill_from_outside_while_running(
+    kernel: KernelProcess, kc: BlockingKernelClient, baseline: dict[str, Any], oom: bool
+) -> None:
+    old = evaluator_pid(kc)
+    run(kc, "before_death = 1")
+    if oom:  # what the OOM killer does: SIGKILL the process that grew
+        code = "blob = bytearray(200 * 2**20); blob[::4096] = b'x' * len(blob[::4096]); print('grown', flush=True); import time; time.sleep(60)"
+    else:
+        code = "print('sleeping', flush=True); import time; time.sleep(60)"
+    start = time.monotonic()
+    if oom:
+        outputs: list[dict[str, Any]] = []
+        msg_id = kc.execute(code)
+        while True:  # wait for the allocation, check it is real, then kill
+            msg = kc.get_iopub_msg(timeout=TIMEOUT)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                outputs.append(msg)
+                if msg["msg_type"] == "stream" and "grown" in msg["content"]["text"]:
+                    break
+        assert rss_kib(old) > 200 * 1024
+        os.kill(old, signal.SIGKILL)
+        while True:
+            msg = kc.get_iopub_msg(timeout=TIMEOUT)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                outputs.append(msg)
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+        reply = kc.get_shell_msg(timeout=TIMEOUT)
+    else:
+        reply, outputs = run_until_death(kc, code, kill=old, after="sleeping")
+    assert time.monotonic() - start < 10  # not the 60 s sleep
+    content = reply["content"]
+    assert content["ename"] == "EvaluatorDied"
+    assert "killed by signal 9 (SIGKILL)" in content["evalue"], content["evalue"]
+    notice = stream_text(outputs, "stderr")
+    assert "SIGKILL" in notice and "namespace was reset" in notice, notice
+    check_survived(kernel, kc, baseline, old)
+
+
+def test_sigkill_while_idle(
+    kernel: KernelProcess, kc: BlockingKernelClient, baseline: dict[str, Any]
+) -> None:
+    old = evaluator_pid(kc)
+    run(kc, "before_death = 1")
+    os.kill(old, signal.SIGKILL)
+    # The notice goes out on iopub (stderr, parent: the last request) by itself.
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stderr":
+            break
+    assert "while idle" in msg["content"]["text"]
+    assert "namespace was reset" in msg["content"]["text"]
+    check_survived(kernel, kc, baseline, old)
+
+
+def test_deaths_in_a_row_then_normal_work(
+    kernel: KernelProcess, kc: BlockingKernelClient, baseline: dict[str, Any]
+) -> None:
+    # Five deaths back to back (no respawn loop, no count going backwards).
+    counts = []
+    for _ in range(5):
+        reply, _ = run_until_death(kc, "import os; os._exit(1)")
+        assert reply["content"]["ename"] == "EvaluatorDied"
+        counts.append(reply["content"]["execution_count"])
+    assert counts == sorted(counts)
+    check_survived(kernel, kc, baseline, None)
+    reply, outputs = run(kc, "x = 20; x * 2 + 2")
+    assert reply["content"]["status"] == "ok"
+    assert reply["content"]["execution_count"] > counts[-1]
+    assert result_text(outputs) == ["42"]
