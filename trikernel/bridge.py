@@ -69,7 +69,6 @@ from typing import Any, Protocol
 import trio
 
 from .errors import EvaluatorDied, RemoteProtocolError
-from .evaluator.loop import sync_marker
 from .evaluator.protocol import (
     COMM,
     EXECUTE,
@@ -87,6 +86,7 @@ from .evaluator.protocol import (
     Frame,
     FrameDecoder,
     encode_frame,
+    sync_marker,
 )
 
 __all__ = [

@@ -87,18 +87,14 @@ from .protocol import (
     SHUTDOWN,
     Frame,
     FrameDecoder,
+    sync_marker,
 )
 from .shell import KernelShell, Outbox
 
-__all__ = ["Inbox", "Background", "EvaluatorLoop", "sync_marker"]
+__all__ = ["Inbox", "Background", "EvaluatorLoop"]
 
 _MACHINERY = ("trio", "trikernel", "outcome", "sniffio")
 _RETRY_DELAY = 0.01
-
-
-def sync_marker(token: str) -> bytes:
-    """The end-of-cell marker written to fd 1 and fd 2 (see the bridge)."""
-    return b"\x00\x1b[trikernel-sync:" + token.encode("ascii") + b"]\x00"
 
 
 class Inbox:

@@ -53,6 +53,7 @@ from typing import Any
 from ..errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "sync_marker",
     "Frame",
     "FrameDecoder",
     "encode_frame",
@@ -250,3 +251,9 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._start = 0
         raise self._error
+
+
+def sync_marker(token: str) -> bytes:
+    """The end-of-cell marker the evaluator writes to fd 1 and fd 2: once the bridge
+    has read it from both, everything the cell wrote there has arrived."""
+    return b"\x00\x1b[trikernel-sync:" + token.encode("ascii") + b"]\x00"
