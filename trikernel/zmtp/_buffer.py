@@ -1,56 +1,100 @@
 """Receive buffer for the ZMTP codec.
 
-A bytearray plus a read offset. Consuming advances the offset; the consumed
-prefix is deleted only once it is both large and more than half the array, so
-each received byte is moved at most a constant number of times: feeding N bytes
-and consuming them costs O(N) whatever the chunking.
+The received chunks are kept as they came (a deque of ``bytes``) with a read
+offset into the first one. Consuming a span that lies inside one chunk slices
+it (or hands the whole chunk over without a copy); a span across chunks is
+joined once. So every received byte is copied at most once on its way out,
+however the stream was chunked: O(N) for N bytes, and a 64 MiB frame that
+arrived in 64 KiB reads costs one join, not a growing array that is reallocated
+and then copied out again.
+
+Small chunks are merged into a small tail chunk, so a peer that trickles single
+bytes cannot make the deque hold millions of tiny objects.
 """
 
 from __future__ import annotations
 
-_COMPACT_AT = 1 << 16
+from collections import deque
+
+_MERGE_BELOW = 4096  # chunks smaller than this are merged into a small tail
 
 
 class ReceiveBuffer:
-    __slots__ = ("_data", "_start")
+    __slots__ = ("_chunks", "_offset", "_len")
 
     def __init__(self) -> None:
-        self._data = bytearray()
-        self._start = 0
+        self._chunks: deque[bytes] = deque()
+        self._offset = 0  # read position in the first chunk
+        self._len = 0
 
     def __len__(self) -> int:
-        return len(self._data) - self._start
+        return self._len
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
-        self._data += data
+        if not data:
+            return
+        chunk = data if type(data) is bytes else bytes(data)
+        chunks = self._chunks
+        if len(chunk) < _MERGE_BELOW and chunks and len(chunks[-1]) < _MERGE_BELOW:
+            chunks[-1] += chunk  # copies only small pieces
+        else:
+            chunks.append(chunk)
+        self._len += len(chunk)
 
     def byte_at(self, index: int) -> int:
-        return self._data[self._start + index]
+        index += self._offset
+        for chunk in self._chunks:
+            if index < len(chunk):
+                return chunk[index]
+            index -= len(chunk)
+        raise IndexError("read past the buffered bytes")
 
     def peek(self, count: int) -> bytes:
         """The first ``count`` bytes, not consumed (fewer if fewer are buffered)."""
-        return bytes(self._data[self._start : self._start + count])
+        parts = []
+        offset = self._offset
+        for chunk in self._chunks:
+            if count <= 0:
+                break
+            piece = chunk[offset : offset + count]
+            parts.append(piece)
+            count -= len(piece)
+            offset = 0
+        return b"".join(parts)
 
     def consume(self, count: int) -> bytes:
         """Remove and return the first ``count`` bytes; caller checked ``len(self)``."""
-        start = self._start
-        if start == 0 and count == len(self._data):
-            # Common case for big frames: hand over the whole array without a copy.
-            chunk = bytes(self._data)
-            self._data = bytearray()
-            return chunk
-        chunk = bytes(self._data[start : start + count])
-        self._skip(count)
-        return chunk
+        if count <= 0:
+            return b""
+        chunks, offset = self._chunks, self._offset
+        first = chunks[0]
+        self._len -= count
+        if len(first) - offset >= count:
+            if offset == 0 and count == len(first):
+                chunks.popleft()  # the whole chunk: no copy at all
+                return first
+            end = offset + count
+            if end == len(first):
+                chunks.popleft()
+                end = 0
+            self._offset = end
+            return first[offset : offset + count]
+        # The span crosses chunks: gather views, copy once.
+        parts = [memoryview(first)[offset:]]
+        needed = count - (len(first) - offset)
+        chunks.popleft()
+        self._offset = 0
+        while needed:
+            chunk = chunks[0]
+            if len(chunk) <= needed:
+                parts.append(memoryview(chunk))
+                needed -= len(chunk)
+                chunks.popleft()
+            else:
+                parts.append(memoryview(chunk)[:needed])
+                self._offset = needed
+                needed = 0
+        return b"".join(parts)
 
     def skip(self, count: int) -> None:
-        self._skip(count)
-
-    def _skip(self, count: int) -> None:
-        self._start += count
-        if self._start == len(self._data):
-            self._data.clear()
-            self._start = 0
-        elif self._start >= _COMPACT_AT and self._start * 2 >= len(self._data):
-            del self._data[: self._start]
-            self._start = 0
+        self.consume(count)
