@@ -54,6 +54,7 @@ no cell to be running, and does not wait for the running one.
 from __future__ import annotations
 
 import codecs
+import fcntl
 import inspect
 import itertools
 import math
@@ -233,6 +234,21 @@ class _Child:
         if self.lifeline is not None:
             os.close(self.lifeline)
             self.lifeline = None
+
+
+def _kill_group_on_eof(read_fd: int, pgid: int) -> None:
+    """Have the OS end the evaluator's process group when the lifeline's write end
+    (held by us) closes, however we end: Linux sends SIGIO to the owner of a pipe's
+    O_ASYNC read end when its last writer goes, and SIGIO's default action ends a
+    process without its help. Unlike the evaluator's lifeline thread, this works
+    while a C call holds the GIL, and it reaches the processes a cell started. The
+    owner and O_ASYNC belong to the open file description, shared with the child.
+    Best effort: where it fails, the lifeline thread remains."""
+    try:
+        fcntl.fcntl(read_fd, fcntl.F_SETOWN, -pgid)
+        fcntl.fcntl(read_fd, fcntl.F_SETFL, fcntl.fcntl(read_fd, fcntl.F_GETFL) | os.O_ASYNC)
+    except (OSError, AttributeError):
+        pass
 
 
 def _describe_exit(returncode: int | None) -> str:
@@ -470,6 +486,8 @@ class SubprocessEvaluator:
             for fd in (to_w, from_r, life_w):
                 os.close(fd)
             raise
+        else:
+            _kill_group_on_eof(life_r, process.pid)
         finally:
             for fd in (to_r, from_w, life_r):
                 os.close(fd)

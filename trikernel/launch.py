@@ -72,7 +72,7 @@ async def _serve(kernel: Kernel, path: Path, requested: ConnectionInfo, announce
         info: ConnectionInfo = await nursery.start(kernel.run)
         if info != requested or announce:
             # Port 0 was resolved to real ports: write them back for the client.
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds keys
             write_connection_file(path, info)
         if announce:
             print(
