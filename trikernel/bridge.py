@@ -414,13 +414,26 @@ class SubprocessEvaluator:
         return call.content
 
     async def send_comm(self, msg_type: str, content: dict[str, Any], buffers: list[bytes]) -> None:
-        """Deliver a frontend comm_open/comm_msg/comm_close (dropped if the evaluator is dead)."""
-        body = {"msg_type": msg_type, "content": content, "metadata": {}}
+        """Deliver a frontend comm_open/comm_msg/comm_close (dropped if the evaluator is dead).
+
+        Returns once the evaluator's comm handlers have run: what they output has
+        gone through ``on_output`` by then (so the kernel attributes it to the comm
+        message, not to whatever request comes next).
+        """
+        call_id = next(self._ids)
+        body = {"msg_type": msg_type, "content": content, "metadata": {}, "id": call_id}
         try:
             child = await self._live_child()
+        except EvaluatorDied:
+            return
+        call = child.calls[call_id] = _Call()
+        try:
             await child.send(Frame(COMM, body, tuple(bytes(b) for b in buffers)))
+            await call.done.wait()
         except EvaluatorDied:
             pass
+        finally:
+            child.calls.pop(call_id, None)
 
     async def aclose(self, *, polite: bool = True) -> None:
         """Stop the evaluator: shutdown frame (if ``polite``), then lifeline, then SIGKILL

@@ -9,7 +9,10 @@ from the bridge (``Inbox``) and dispatches them:
   at most one cell runs at a time (the bridge serialises them);
 * ``interrupt`` cancels that scope (and is acknowledged with ``interrupt_ack``);
 * ``comm`` (frontend comm_open/msg/close) is handled at once, so it is in
-  order with the execute requests around it;
+  order with the execute requests around it, and answered (``response``) when
+  it carries an id: what its handlers output (a widget's echo, the comm_close
+  for an unknown target) reaches the bridge before that answer, so the kernel
+  attributes it to the comm message;
 * ``request`` (complete, inspect, history, is_complete, comm_info) goes, in
   order, to one worker task. While a cell *awaits*, requests are answered
   concurrently; while a cell runs synchronous code they wait for the loop;
@@ -292,6 +295,8 @@ class EvaluatorLoop:
             self.shell.handle_comm(
                 body["msg_type"], body["content"], body.get("metadata", {}), list(frame.buffers)
             )
+            if "id" in body:
+                self.outbox.send(Frame(RESPONSE, {"id": body["id"], "content": {}}))
         elif frame.kind == REQUEST:
             try:
                 self._work_send.send_nowait(frame)

@@ -24,7 +24,9 @@ bridge -> evaluator::
     interrupt    {"id": int}                       cancel cell ``id`` if it still runs
     request      {"id": int, "msg_type": str, "content": {...}}   complete, inspect, ...
     input_reply  {"value": str}  or  {"error": str}
-    comm         {"msg_type": str, "content": {...}, "metadata": {...}}  + buffers
+    comm         {"msg_type": str, "content": {...}, "metadata": {...}, "id"?: int}  + buffers
+                 with an id, answered by ``response {"id": id, "content": {}}`` once
+                 the comm handlers ran (their outputs come first, in pipe order)
     shutdown     {}
 
 evaluator -> bridge::

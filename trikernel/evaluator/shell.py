@@ -664,7 +664,11 @@ class KernelShell(InteractiveShell):
             "metadata": metadata,
             "buffers": buffers,
         }
-        handler(None, None, msg)  # type: ignore[arg-type]
+        try:
+            handler(None, None, msg)  # type: ignore[arg-type]
+        except Exception as exc:  # a malformed message (no comm_id ...) must not end us
+            text = f"trikernel: ignored a malformed {msg_type}: {type(exc).__name__}: {exc}\n"
+            self.outbox.write_stream("stderr", text)
 
 
 def _nested_await_runner(coro: Any) -> Any:
