@@ -3,6 +3,9 @@ share one (each test leaves it serving), a fresh one where a test ends it."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,3 +37,27 @@ def kc(kernel: KernelProcess) -> Iterator[BlockingKernelClient]:
         yield client
     finally:
         client.stop_channels()
+
+
+# A kernelspec for KernelManager tests, in a temporary JUPYTER_PATH entry (as
+# tests/kernel/conftest.py does), with a short interrupt grace period: the way a user
+# configures it in kernel.json.
+_prefix = Path(tempfile.mkdtemp(prefix="trikernel-reliability-spec-"))
+_spec = _prefix / "kernels" / "trikernel-reliability"
+_spec.mkdir(parents=True)
+(_spec / "kernel.json").write_text(
+    json.dumps(
+        {
+            "argv": [
+                sys.executable,
+                *("-m", "trikernel", "-f", "{connection_file}", "--interrupt-grace", "1"),
+            ],
+            "display_name": "trikernel (reliability tests)",
+            "language": "python",
+            "interrupt_mode": "message",
+        }
+    )
+)
+os.environ["JUPYTER_PATH"] = os.pathsep.join(
+    [str(_prefix), *filter(None, [os.environ.get("JUPYTER_PATH")])]
+)
