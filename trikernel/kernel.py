@@ -110,7 +110,7 @@ class Kernel:
             max_frame_size=1 << 16, max_message_size=1 << 16
         )  # pings, subscriptions
         self.iopub = PubSocket(on_subscribe=self._welcome, **small)
-        self.hb = RepSocket(**small)
+        self.hb = RepSocket(hwm_bytes=1 << 20, **small)  # pings are tiny; unread ones cost this
         sockets: dict[str, _Socket] = {
             "shell": self.shell,
             "control": self.control,

@@ -15,7 +15,8 @@ memory channel of already-encoded messages, so
 * a message is one ``send_all`` (several queued messages are batched into one);
 * server sockets never block their caller: ``send_nowait``/``publish_nowait``
   drop the whole message for a peer whose queue is full (libzmq's high-water
-  mark) and count it in ``statistics()``;
+  mark: ``hwm`` messages, or ``hwm_bytes`` bytes beyond the first message) and
+  count it in ``statistics()``;
 * a peer that breaks the protocol or disconnects is closed and logged; the
   socket and its other peers go on.
 
@@ -56,6 +57,10 @@ log = logging.getLogger("trikernel.zmtp")
 
 RECEIVE_SIZE = 1 << 16
 BATCH_BYTES = 1 << 20
+# Greeting, then READY (a command: at most 1 MiB, codec._MAX_COMMAND_SIZE), read in
+# RECEIVE_SIZE chunks: a peer that sent more without completing its READY is not
+# handshaking, and must not make us buffer up to the frame size limit.
+HANDSHAKE_BYTES = 64 + 9 + (1 << 20) + RECEIVE_SIZE
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,14 @@ class SocketStatistics:
 class Peer:
     """One established connection: its codec, stream and send queue."""
 
-    def __init__(self, number: int, stream: trio.abc.Stream, conn: Connection, hwm: int) -> None:
+    def __init__(
+        self,
+        number: int,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        hwm: int,
+        hwm_bytes: int = 1 << 62,
+    ) -> None:
         self.number = number
         self.stream = stream
         self.conn = conn
@@ -79,23 +91,35 @@ class Peer:
         self.dropped = 0
         self.cancel_scope = trio.CancelScope()
         self.writing = False
+        self.hwm_bytes = hwm_bytes
+        self.queued_bytes = 0  # queued or being written
         self._queue_send, self._queue_receive = trio.open_memory_channel[bytes](hwm)
 
     def __repr__(self) -> str:
         return f"<Peer #{self.number} {self.ready.socket_type if self.ready else '?'} id={self.routing_id!r}>"
 
     def send_nowait(self, data: bytes) -> bool:
-        """Queue encoded bytes; False (and counted) if the queue is full or closed."""
+        """Queue encoded bytes; False (and counted) if the queue is full (``hwm``
+        messages, or ``hwm_bytes`` with at least one message queued) or closed."""
+        if self.queued_bytes and self.queued_bytes + len(data) > self.hwm_bytes:
+            self.dropped += 1
+            return False
         try:
             self._queue_send.send_nowait(data)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped += 1
             return False
+        self.queued_bytes += len(data)
         return True
 
     async def send(self, data: bytes) -> None:
         """Queue encoded bytes, waiting for room (client sockets)."""
-        await self._queue_send.send(data)
+        self.queued_bytes += len(data)
+        try:
+            await self._queue_send.send(data)
+        except BaseException:
+            self.queued_bytes -= len(data)
+            raise
 
     def subscribed(self, topic: bytes) -> bool:
         subs = self.subscriptions
@@ -119,6 +143,7 @@ class Peer:
                 self.writing = True
                 await self.stream.send_all(data if len(batch) == 1 else b"".join(batch))
                 self.writing = False
+                self.queued_bytes -= size
 
     @property
     def flushed(self) -> bool:
@@ -126,6 +151,11 @@ class Peer:
 
     def close_queue(self) -> None:
         self._queue_send.close()
+
+
+def _unread(conn: Connection) -> int:
+    """Bytes of an incomplete frame or message the codec holds (0 at a boundary)."""
+    return len(conn._buffer) + conn._parts_size
 
 
 # What ends one peer and not the socket (handled in _Socket._run_peer).
@@ -154,6 +184,7 @@ class _Socket:
         identity: bytes = b"",
         minor: int = 1,
         hwm: int = 1000,
+        hwm_bytes: int = 1 << 26,
         incoming_buffer: int = 1000,
         handshake_timeout: float = 10.0,
         max_pending: int = 64,
@@ -164,6 +195,7 @@ class _Socket:
         self.identity = identity
         self.minor = minor
         self.hwm = hwm
+        self.hwm_bytes = hwm_bytes
         self.handshake_timeout = handshake_timeout
         self.max_pending = max_pending
         self._limits = dict(
@@ -175,6 +207,7 @@ class _Socket:
         self.peers: list[Peer] = []
         self.endpoints: list[Endpoint] = []
         self._pending = 0
+        self._refused = 0  # connections refused since the pending limit was reached
         self._peer_count = 0
         self._dropped = 0
         self._nursery: trio.Nursery | None = None
@@ -248,9 +281,15 @@ class _Socket:
             while True:
                 stream = await listener.accept()
                 if self._pending >= self.max_pending:
-                    log.warning(
-                        "%s: too many pending handshakes; refusing a connection", self.socket_type
-                    )
+                    if not self._refused:
+                        log.warning(
+                            "%s: %d connections have not completed their handshake; refusing "
+                            "new connections until they do or time out (%g s)",
+                            self.socket_type,
+                            self._pending,
+                            self.handshake_timeout,
+                        )
+                    self._refused += 1
                     await stream.aclose()
                     continue
                 # Counted here, not when the task starts: a burst of connections is
@@ -269,7 +308,7 @@ class _Socket:
         conn = Connection(
             self.socket_type, identity=self.identity, minor=self.minor, **self._limits
         )
-        peer = Peer(self._peer_count, stream, conn, self.hwm)
+        peer = Peer(self._peer_count, stream, conn, self.hwm, self.hwm_bytes)
         try:
             async with stream:
                 try:
@@ -298,8 +337,13 @@ class _Socket:
                 peer.ready = await self._handshake(peer)
         finally:
             self._pending -= 1
+            if self._refused and self._pending < self.max_pending:
+                log.warning(
+                    "%s: accepting connections again (%d refused)", self.socket_type, self._refused
+                )
+                self._refused = 0
         if peer.ready is None:
-            log.info("%s: %r closed before its handshake completed", self.socket_type, peer)
+            log.info("%s: %r: no handshake (closed or timed out)", self.socket_type, peer)
             return
         try:
             async with trio.open_nursery() as nursery:
@@ -319,16 +363,32 @@ class _Socket:
             raise _peer_error(group) from None
 
     async def _handshake(self, peer: Peer) -> Ready | None:
+        received = 0
         while True:
             event = peer.conn.next_event()
             if event is NEED_DATA:
-                peer.conn.receive_data(await peer.stream.receive_some(RECEIVE_SIZE))
+                data = await peer.stream.receive_some(RECEIVE_SIZE)
+                received += len(data)
+                if received > HANDSHAKE_BYTES:
+                    raise RemoteProtocolError(
+                        f"sent {received} bytes without completing its READY",
+                        hint="expected READY",
+                    )
+                peer.conn.receive_data(data)
             elif isinstance(event, Ready):
                 return event
             elif isinstance(event, Error):
                 log.warning("%s: peer refused the handshake: %r", self.socket_type, event.reason)
                 return None
             elif isinstance(event, ConnectionClosed):
+                if received:  # a port probe sends nothing; a broken peer sends part of it
+                    log.warning(
+                        "%s: %r closed the connection after %d bytes, before its handshake "
+                        "completed",
+                        self.socket_type,
+                        peer,
+                        received,
+                    )
                 return None
 
     async def _read_loop(self, peer: Peer) -> None:
@@ -349,6 +409,15 @@ class _Socket:
                 log.warning("%s: %r sent ERROR %r", self.socket_type, peer, event.reason)
                 return
             elif isinstance(event, ConnectionClosed):
+                unread = _unread(conn)
+                if unread:
+                    log.warning(
+                        "%s: %r closed the connection in the middle of a message "
+                        "(%d bytes discarded)",
+                        self.socket_type,
+                        peer,
+                        unread,
+                    )
                 return
 
     async def _send_error(self, peer: Peer, hint: str | None) -> None:
@@ -440,14 +509,33 @@ class PubSocket(_Socket):
     socket_type = "XPUB"
 
     def __init__(
-        self, *, xpub: bool = True, on_subscribe: SubscribeHook | None = None, **kwargs: Any
+        self,
+        *,
+        xpub: bool = True,
+        on_subscribe: SubscribeHook | None = None,
+        max_subscriptions: int = 256,
+        max_subscription_bytes: int = 1 << 16,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.socket_type = "XPUB" if xpub else "PUB"
         self.on_subscribe = on_subscribe
+        # Per peer: every distinct topic is kept, and matched against every message.
+        self.max_subscriptions = max_subscriptions
+        self.max_subscription_bytes = max_subscription_bytes
 
     def _on_subscribe(self, peer: Peer, topic: bytes) -> None:
-        peer.subscriptions[topic] += 1
+        subs = peer.subscriptions
+        if topic not in subs and (
+            len(subs) >= self.max_subscriptions
+            or sum(map(len, subs)) + len(topic) > self.max_subscription_bytes
+        ):
+            raise RemoteProtocolError(
+                f"more than {self.max_subscriptions} subscriptions or "
+                f"{self.max_subscription_bytes} bytes of topics",
+                hint="too many subscriptions",
+            )
+        subs[topic] += 1
         if self.on_subscribe is not None:
             self.on_subscribe(peer, topic)
 
