@@ -208,6 +208,8 @@ class _Cell:
     id: int
     task: trio.lowlevel.Task
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    #: scope.cancel() was called (readable from any thread, unlike scope.cancel_called)
+    cancel_requested: bool = False
 
 
 def _descends_from(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> bool:
@@ -359,6 +361,7 @@ class EvaluatorLoop:
             return  # that cell has finished already
         self.shell.interrupted = True
         self._pending_interrupt = None  # the cancellation reaches it at its checkpoint
+        cell.cancel_requested = True
         cell.scope.cancel()
         if ack:
             self.outbox.send(Frame(INTERRUPT_ACK, {"id": cell_id}))
@@ -455,7 +458,7 @@ class EvaluatorLoop:
             cell = self._pending_interrupt
             # Once the scope is cancelled the cell has reached a checkpoint (the loop
             # ran): the cancellation does the job, no KeyboardInterrupt on top of it.
-            if cell is not None and cell is self._cell and not cell.scope.cancel_called:
+            if cell is not None and cell is self._cell and not cell.cancel_requested:
                 signal.pthread_kill(main, signal.SIGINT)
 
 

@@ -432,14 +432,22 @@ class KernelShell(InteractiveShell):
 
     def warm_up_tracebacks(self) -> None:
         """Format one traceback in a thread, so the first real one (often an
-        interrupt) does not pay for IPython's imports and caches (~60-100 ms)."""
+        interrupt) does not pay for IPython's imports and caches (~60-100 ms).
+
+        Its only frame has no source: formatting a real file would parse it, and on
+        CPython 3.11 ``ast.parse`` in two threads at once can fail ("SystemError: AST
+        constructor recursion depth mismatch") in either thread, the cell's included."""
 
         def warm_up() -> None:
-            formatter = ultratb.AutoFormattedTB(mode=self.xmode, theme_name=self.colors)
             try:
-                raise KeyboardInterrupt
-            except KeyboardInterrupt as exc:
-                formatter.structured_traceback(type(exc), exc, exc.__traceback__)
+                formatter = ultratb.AutoFormattedTB(mode=self.xmode, theme_name=self.colors)
+                try:
+                    exec(compile("raise KeyboardInterrupt", "<trikernel-warm-up>", "exec"), {})
+                except KeyboardInterrupt as exc:
+                    tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+                    formatter.structured_traceback(type(exc), exc, tb)
+            except Exception:
+                pass  # only a warm-up: a real traceback will say what is wrong
 
         threading.Thread(target=warm_up, name="trikernel-warm-up", daemon=True).start()
 
