@@ -136,7 +136,7 @@ class Peer:
                 while size < BATCH_BYTES:
                     try:
                         more = self._queue_receive.receive_nowait()
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.EndOfChannel):  # closed: the peer is gone
                         break
                     batch.append(more)
                     size += len(more)
