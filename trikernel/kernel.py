@@ -262,7 +262,10 @@ class Kernel:
                 msg = parse(frames, self.signer, self._replay)
             except RemoteProtocolError as exc:
                 log.warning(
-                    "%s: dropped a message from %r: %s", name, frames[0] if frames else b"", exc
+                    "%s: dropped a message from %r: %s",
+                    name,
+                    frames[0] if frames else b"",
+                    _one_line(exc),
                 )
                 continue
             await handle(msg)
@@ -272,7 +275,7 @@ class Kernel:
 
     async def _queue_input(self, msg: Message) -> None:
         if msg.msg_type != "input_reply":
-            log.warning("stdin: ignoring unexpected %s", msg.msg_type)
+            log.warning("stdin: ignoring unexpected %r", msg.msg_type)
             return
         try:
             self._input_send.send_nowait(msg)
@@ -432,6 +435,12 @@ class Kernel:
                 log.warning("parent process %d is gone; shutting down", pid)
                 self.request_shutdown(False)
                 return
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's text for the log, control characters escaped: it may quote what a
+    peer sent, and a newline in it would forge log lines."""
+    return str(exc).encode("unicode_escape").decode("ascii")
 
 
 def _process_alive(pid: int) -> bool:

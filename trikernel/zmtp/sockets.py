@@ -315,7 +315,10 @@ class _Socket:
                     with peer.cancel_scope:
                         await self._serve_peer(peer, task_status)
                 except RemoteProtocolError as exc:
-                    log.warning("%s: closing %r: %s", self.socket_type, peer, exc)
+                    # The text may quote the peer (its Socket-Type): escaped, so that
+                    # a newline in it cannot forge log lines.
+                    text = str(exc).encode("unicode_escape").decode("ascii")
+                    log.warning("%s: closing %r: %s", self.socket_type, peer, text)
                     await self._send_error(peer, exc.hint)
                     if raise_errors and peer.ready is None:
                         raise
