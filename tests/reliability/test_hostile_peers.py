@@ -74,7 +74,9 @@ def expect_one_line(
     kernel.wait_log(pattern, offset)
     serves(kc)
     lines = kernel.log_since(offset)
-    assert not [line for line in lines if "Traceback" in line or " ERROR " in line], lines
+    assert not [
+        line for line in lines if "Traceback" in line or line.startswith("[trikernel ERROR")
+    ], lines
     assert len(kernel_lines(lines)) == 1, lines
     return lines[0]
 
@@ -353,5 +355,9 @@ def test_memory_stayed_bounded(
 def _no_kernel_errors(kernel: KernelProcess) -> Iterator[None]:
     offset = kernel.log_size()
     yield
-    bad = [line for line in kernel.log_since(offset) if "Traceback" in line or " ERROR " in line]
+    bad = [
+        line
+        for line in kernel.log_since(offset)
+        if "Traceback" in line or line.startswith("[trikernel ERROR")
+    ]
     assert not bad, bad
