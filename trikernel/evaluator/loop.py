@@ -24,6 +24,22 @@ interrupt (which cancels only the cell's scope) leaves them running. An
 exception in a background task is shown as an ``error`` output naming the
 task; the evaluator carries on.
 
+Top-level await: trio and asyncio. A cell's ``await`` runs on this trio loop:
+``await trio.sleep(1)``, nurseries, ``background.start_soon(...)``; cancelled by
+an interrupt (reported as KeyboardInterrupt), background tasks untouched. asyncio
+cannot run on a trio loop, so a cell with top-level ``await`` that uses asyncio
+(imports it, or names something from it; ``%autoawait asyncio`` for every cell)
+runs, all of it, as asyncio tasks on one persistent asyncio loop in a thread of
+its own (``evaluator.aio``): ``await asyncio.sleep(0)``, ``asyncio.gather``,
+``asyncio.timeout``, tasks that keep running across cells, an interrupt cancels
+the cell's task. Supported: one loop per cell (trio or asyncio, not both);
+asyncio tasks and loop-bound objects persist across asyncio cells. Not supported:
+``await`` of trio in an asyncio cell or of asyncio in a trio cell (an error plus
+a hint naming ``%autoawait``); ``input()`` in an asyncio cell (it runs in the
+asyncio thread); ``asyncio.create_task`` in a cell without ``await``;
+interrupting a blocking C call (``time.sleep``) in an asyncio cell before it
+returns (after the grace period the bridge replaces the evaluator).
+
 Attribution: output is not tagged with a cell. Everything goes through one
 ordered pipe, so a background print made while a cell runs arrives among that
 cell's outputs (before its reply), and one made between cells arrives on its
@@ -245,6 +261,7 @@ class EvaluatorLoop:
         outbox.safe_point = self._raise_pending_interrupt
         self._cell_entry_codes = {
             KernelShell.run_cell_for_kernel.__code__,
+            KernelShell.run_code.__code__,
             KernelShell.make_reply.__code__,
         }
         self._token: trio.lowlevel.TrioToken | None = None

@@ -21,6 +21,7 @@ pipe, so a slow bridge slows the writer (never drops output).
 from __future__ import annotations
 
 import base64
+import bdb
 import builtins
 import codecs
 import datetime
@@ -50,6 +51,7 @@ from IPython.utils.tokenutil import token_at_cursor
 from traitlets import Any as AnyTrait
 from traitlets import Type
 
+from .aio import AsyncioThread, exec_code, uses_asyncio
 from .protocol import OUTPUT, Frame, encode_frame
 
 __all__ = ["Outbox", "StreamWriter", "KernelShell", "create_shell", "StdinHandler"]
@@ -324,10 +326,10 @@ def _only_cancellations(exc: BaseException) -> bool:
 
 
 def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
-    """``tb`` cut before the first frame of trio's or trikernel's own code."""
+    """``tb`` cut before the first frame of trio's, asyncio's or trikernel's own code."""
     kept = []
     while tb is not None and not tb.tb_frame.f_globals.get("__name__", "").startswith(
-        ("trio.", "trikernel.")
+        ("trio.", "asyncio.", "trikernel.")
     ):
         kept.append(tb)
         tb = tb.tb_next
@@ -335,6 +337,28 @@ def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
     for entry in reversed(kept):
         result = types.TracebackType(result, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
     return result
+
+
+def _without_plumbing(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` without the frames of ``KernelShell.run_code`` and ``evaluator.aio``
+    (IPython hides its own run_code from tracebacks the same way)."""
+    kept = []
+    while tb is not None:
+        frame = tb.tb_frame
+        if not (
+            frame.f_code is KernelShell.run_code.__code__
+            or frame.f_globals.get("__name__") == "trikernel.evaluator.aio"
+        ):
+            kept.append(tb)
+        tb = tb.tb_next
+    result = None
+    for entry in reversed(kept):
+        result = types.TracebackType(result, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return result
+
+
+_ASYNCIO_ON_TRIO = ("unrecognized yield message", "no running event loop")
+_TRIO_ON_ASYNCIO = ("must be called from async context", "Task got bad yield")
 
 
 def _contains_group(exc: BaseException | None) -> bool:
@@ -357,6 +381,10 @@ class KernelShell(InteractiveShell):
     #: set by the loop when the running cell was interrupted by cancellation
     interrupted = False
     _last_error: dict[str, Any] | None = None
+    #: which loop runs top-level await: "auto", "trio" or "asyncio" (%autoawait)
+    await_mode = "auto"
+    _cell_loop: str | None = None  # the running await cell's loop: "trio" or "asyncio"
+    _asyncio: AsyncioThread | None = None
 
     if importlib.util.find_spec("pexpect") is None:  # system_piped needs pexpect
         system = InteractiveShell.system_raw
@@ -367,6 +395,10 @@ class KernelShell(InteractiveShell):
 
     def init_environment(self) -> None:
         os.environ.update(PAGER="cat", GIT_PAGER="cat", CLICOLOR="1", TERM="xterm-color")
+
+    def init_magics(self) -> None:
+        super().init_magics()
+        self.register_magic_function(self._autoawait_magic, "line", "autoawait")  # type: ignore[arg-type]
 
     def init_hooks(self) -> None:
         super().init_hooks()
@@ -500,6 +532,9 @@ class KernelShell(InteractiveShell):
             transformed, preprocessing = self.transform_cell(code), None
         except Exception:
             transformed, preprocessing = code, sys.exc_info()
+        self._cell_loop = None  # a cell without top-level await runs here, as usual
+        if preprocessing is None and self.should_run_async(code, transformed_cell=transformed):
+            self._cell_loop = self._choose_await_loop(transformed)
         result = None
         try:
             result = await self.run_cell_async(
@@ -519,6 +554,93 @@ class KernelShell(InteractiveShell):
             if not silent and result is not None:
                 self.events.trigger("post_run_cell", result)
         return result
+
+    async def run_code(
+        self,
+        code_obj: types.CodeType,
+        result: ExecutionResult | None = None,
+        *,
+        async_: bool = False,
+    ) -> bool:
+        """IPython's run_code, except that every statement of an asyncio cell runs on
+        the asyncio thread (see ``evaluator.aio``); trio cells run in this task."""
+        if self._cell_loop != "asyncio":
+            failed = bool(await super().run_code(code_obj, result, async_=async_))
+            if failed and async_ and result is not None:
+                self._hint(result.error_in_exec, _ASYNCIO_ON_TRIO, "asyncio")
+            return failed
+        if self._asyncio is None:
+            self._asyncio = AsyncioThread(self.show_background_error)
+        namespaces = (self.user_global_ns, self.user_ns)
+        old_excepthook, sys.excepthook = sys.excepthook, self.excepthook
+        self.sys_excepthook = old_excepthook
+        try:
+            try:
+                if async_:
+                    await self._asyncio.run(eval(code_obj, *namespaces))
+                else:
+                    await self._asyncio.run(exec_code(code_obj, *namespaces))
+            finally:
+                sys.excepthook = old_excepthook
+        except BaseException as exc:
+            # The same handling as IPython's run_code, without the asyncio plumbing
+            # in the traceback. (trio.Cancelled of an interrupt is shown as
+            # KeyboardInterrupt by showtraceback.)
+            exc.__traceback__ = _without_plumbing(exc.__traceback__)
+            if result is not None:
+                result.error_in_exec = exc
+            if isinstance(exc, SystemExit):
+                self.showtraceback(exception_only=True)
+            elif isinstance(exc, bdb.BdbQuit):
+                pass
+            elif isinstance(exc, self.custom_exceptions):
+                self.CustomTB(type(exc), exc, exc.__traceback__)
+            else:
+                self.showtraceback((type(exc), exc, exc.__traceback__), running_compiled_code=True)
+                self._hint(exc, _TRIO_ON_ASYNCIO, "trio")
+            return True
+        return False
+
+    def _choose_await_loop(self, source: str) -> str:
+        if self.await_mode != "auto":
+            return self.await_mode
+        return "asyncio" if uses_asyncio(source, self.user_ns) else "trio"
+
+    def _hint(self, exc: BaseException | None, signs: tuple[str, ...], other: str) -> None:
+        if exc is not None and any(sign in str(exc) for sign in signs):
+            self.outbox.write_stream(
+                "stderr",
+                f"trikernel: this cell ran on {self._cell_loop} but seems to need {other}: "
+                f"`%autoawait {other}` runs the await cells that follow on {other} "
+                "(`%autoawait auto` picks per cell).\n",
+            )
+
+    def _autoawait_magic(self, line: str) -> None:
+        """Choose the loop that runs top-level ``await``: ``%autoawait [auto|trio|asyncio|on|off]``.
+
+        - ``auto`` (the default): asyncio for a cell that uses asyncio (imports it or
+          names something from it), else trio;
+        - ``trio``: the evaluator's persistent trio loop, where ``background`` tasks live;
+        - ``asyncio``: a persistent asyncio loop in a thread of its own;
+        - ``on`` / ``off``: allow or refuse top-level ``await``.
+
+        Without an argument: show the current setting.
+        """
+        arg = line.strip().lower()
+        if not arg:
+            state = "on" if self.autoawait else "off"
+            print(f"autoawait is {state}; top-level await runs on: {self.await_mode}")
+        elif arg in ("auto", "trio", "asyncio"):
+            self.await_mode, self.autoawait = arg, True
+        elif arg in ("on", "true"):
+            self.autoawait = True
+        elif arg in ("off", "false"):
+            self.autoawait = False
+        else:
+            raise UsageError(
+                f"%autoawait {line.strip()}: trikernel runs top-level await on trio or "
+                "asyncio; use %autoawait auto|trio|asyncio|on|off"
+            )
 
     def show_interrupted(self) -> None:
         """The cell's cancellation escaped IPython: report it like a KeyboardInterrupt."""
