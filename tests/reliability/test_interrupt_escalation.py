@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
 
 from .helpers import TIMEOUT, KernelProcess, alive, assert_serves, run, stream_text
 
@@ -179,3 +180,27 @@ def test_interrupt_while_idle_is_harmless(kernel: KernelProcess, kc: BlockingKer
     time.sleep(GRACE * 1.5)
     assert evaluator_pid(kc) == old
     assert run(kc, "kept")[0]["content"]["status"] == "ok"
+
+
+def test_grace_period_from_the_kernelspec() -> None:
+    # kernel.json argv "... --interrupt-grace 1" (see conftest.py), started by
+    # KernelManager and interrupted the way Jupyter does it (interrupt_mode message).
+    km = KernelManager(kernel_name="trikernel-reliability")
+    km.start_kernel()
+    try:
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=TIMEOUT)
+            msg_id, outputs = start_cell(kc, STUBBORN["sigint-ignored"], "started")
+            start = time.monotonic()
+            km.interrupt_kernel()
+            content = finish_cell(kc, msg_id, outputs)
+            assert content["ename"] == "EvaluatorRestarted"
+            assert "within 1 s" in content["evalue"]  # not the default 3 s
+            assert time.monotonic() - start < GRACE + RESPAWN
+            assert_serves(kc)
+        finally:
+            kc.stop_channels()
+    finally:
+        km.shutdown_kernel(now=True)
