@@ -634,6 +634,41 @@ def test_asyncio_cell_interrupts(lively: Kernel) -> None:
     assert lively.value("kept") == "'namespace'"
 
 
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("import asyncio\nawait asyncio.sleep(0)", True),
+        ("from asyncio import sleep as nap\nawait nap(0)", True),
+        ("await nap(0)", True),  # bound to asyncio.sleep in the namespace
+        ("await q.get()", True),  # an asyncio.Queue
+        ("await uses_aio()", True),  # a function whose code names asyncio
+        ("await calls_uses_aio()", True),  # two calls deep
+        ("await trio.sleep(0)", False),
+        ("await plain()", False),
+        ("import asyncio.subprocess", True),
+        ("await (", False),  # a syntax error: IPython reports it
+    ],
+)
+def test_which_cells_run_on_asyncio(source: str, expected: bool) -> None:
+    import asyncio
+    import types
+
+    import trio
+
+    from trikernel.evaluator.aio import uses_asyncio
+
+    namespace: dict[str, object] = {"asyncio": asyncio, "trio": trio, "nap": asyncio.sleep}
+    namespace["q"] = asyncio.Queue()
+    code = (
+        "async def uses_aio():\n    await asyncio.sleep(0)\n"
+        "async def calls_uses_aio():\n    await uses_aio()\n"
+        "async def plain():\n    await trio.sleep(0)\n"
+    )
+    exec(code, namespace)  # one namespace, as IPython's user_ns
+    assert all(isinstance(namespace[f], types.FunctionType) for f in ("uses_aio", "plain"))
+    assert uses_asyncio(source, namespace) is expected
+
+
 # ---------------------------------------------------------------------------
 # last: the evaluator dies
 
