@@ -173,3 +173,10 @@ def test_hostile_bytes_never_crash(data: bytes) -> None:
         decode_all(decoder)
     except RemoteProtocolError:
         pass
+
+
+def test_lone_surrogates_survive_the_pipe() -> None:
+    frame = Frame("execute", {"id": 1, "content": {"code": "'\ud800'"}})
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(frame))
+    assert decoder.next_frame() == frame

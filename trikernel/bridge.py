@@ -98,7 +98,8 @@ __all__ = [
     "open_subprocess_evaluator",
 ]
 
-OutputCallback = Callable[[str, dict[str, Any], list[bytes]], Awaitable[None]]
+# content is a dict, or bytes: JSON the evaluator already encoded for the wire.
+OutputCallback = Callable[[str, dict[str, Any] | bytes, list[bytes]], Awaitable[None]]
 InputCallback = Callable[[str, bool], Awaitable[str]]
 
 ACK_TIMEOUT = 0.02  # an evaluator loop that is not blocked acknowledges well within this
@@ -616,9 +617,10 @@ class SubprocessEvaluator:
     async def _handle_frame(self, child: _Child, frame: Frame) -> None:
         body = frame.body
         if frame.kind == OUTPUT:
-            await self._emit(
-                body["msg_type"], body["content"], list(frame.buffers), body.get("metadata")
-            )
+            buffers = list(frame.buffers)
+            # "packed": the content is already wire JSON (first buffer); pass the bytes on.
+            content = buffers.pop(0) if body.get("packed") else body["content"]
+            await self._emit(body["msg_type"], content, buffers, body.get("metadata"))
         elif frame.kind == REPLY:
             await self._wait_fd_sync(child, body.get("fd_sync", [0, 0]))
             if child.cell is not None and child.cell.id == body["id"]:
@@ -668,7 +670,11 @@ class SubprocessEvaluator:
 
     # -- output -------------------------------------------------------------------
     async def _emit(
-        self, msg_type: str, content: dict[str, Any], buffers: list[bytes], metadata: Any = None
+        self,
+        msg_type: str,
+        content: dict[str, Any] | bytes,
+        buffers: list[bytes],
+        metadata: Any = None,
     ) -> None:
         async with self._emit_lock:
             if self._pass_metadata:

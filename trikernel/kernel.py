@@ -182,7 +182,7 @@ class Kernel:
     async def publish(
         self,
         msg_type: str,
-        content: dict[str, Any],
+        content: dict[str, Any] | bytes,
         parent: Message | None,
         buffers: list[bytes] | None = None,
         metadata: dict[str, Any] | None = None,
@@ -195,13 +195,16 @@ class Kernel:
     def _iopub_frames(
         self,
         msg_type: str,
-        content: dict[str, Any],
+        content: dict[str, Any] | bytes,
         parent: Message | None,
         buffers: list[bytes] | None,
         metadata: dict[str, Any] | None,
     ) -> list[bytes]:
+        # bytes content: wire JSON the evaluator encoded; forwarded, not re-encoded.
+        packed = content if isinstance(content, bytes) else None
         if msg_type == "stream":
-            topic = f"stream.{content.get('name', 'stdout')}"
+            name = content.get("name", "stdout") if isinstance(content, dict) else "stdout"
+            topic = f"stream.{name}"
         elif msg_type in ("display_data", "update_display_data", "clear_output"):
             topic = "display_data"
         elif msg_type.startswith("comm_"):
@@ -212,11 +215,11 @@ class Kernel:
             header=new_header(msg_type, self.session),
             parent_header=parent.header if parent is not None else {},
             metadata=metadata or {},
-            content=content,
+            content=content if isinstance(content, dict) else {},
             buffers=list(buffers or []),
             identities=[topic.encode()],
         )
-        return serialize(msg, self.signer)
+        return serialize(msg, self.signer, packed_content=packed)
 
     async def _iopub_writer(self) -> None:
         async for frames in self._iopub_receive:
@@ -244,7 +247,7 @@ class Kernel:
     async def _on_evaluator_output(
         self,
         msg_type: str,
-        content: dict[str, Any],
+        content: dict[str, Any] | bytes,
         buffers: list[bytes],
         metadata: dict[str, Any] | None = None,
     ) -> None:

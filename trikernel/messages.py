@@ -205,8 +205,12 @@ def _pack(obj: dict[str, Any], part: str) -> bytes:
         raise LocalProtocolError(f"cannot encode message {part} as JSON: {exc}") from exc
 
 
-def serialize(msg: Message, signer: Signer) -> list[bytes]:
+def serialize(msg: Message, signer: Signer, *, packed_content: bytes | None = None) -> list[bytes]:
     """Frames for ``msg``: identities, delimiter, signature, the four dicts, buffers.
+
+    ``packed_content``, when given, is used as the content frame instead of
+    encoding ``msg.content``: JSON object bytes the evaluator already encoded, so
+    a large display payload is not decoded and encoded again in the kernel.
 
     Raises:
         LocalProtocolError: a dict holds something JSON cannot encode (NaN, a naive
@@ -216,7 +220,7 @@ def serialize(msg: Message, signer: Signer) -> list[bytes]:
         _pack(msg.header, "header"),
         _pack(msg.parent_header, "parent_header"),
         _pack(msg.metadata, "metadata"),
-        _pack(msg.content, "content"),
+        _pack(msg.content, "content") if packed_content is None else packed_content,
     ]
     return [*msg.identities, DELIMITER, signer.sign(parts), *parts, *msg.buffers]
 

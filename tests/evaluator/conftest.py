@@ -7,6 +7,7 @@ one, so history and config never touch the user's.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,7 +29,12 @@ class Recorder:
         self.times: list[float] = []
         self._changed = trio.Event()
 
-    async def __call__(self, msg_type: str, content: dict[str, Any], buffers: list[bytes]) -> None:
+    async def __call__(
+        self, msg_type: str, content: dict[str, Any] | bytes, buffers: list[bytes]
+    ) -> None:
+        if isinstance(content, bytes):  # wire JSON, packed by the evaluator
+            content = json.loads(content)
+        assert isinstance(content, dict)
         self.messages.append((msg_type, content, buffers))
         self.times.append(trio.current_time())
         self._changed.set()

@@ -223,5 +223,22 @@ def test_kernel_process_imports_neither_zmq_nor_ipython() -> None:
         "import sys, trikernel.kernel, trikernel.launch, trikernel.client, trikernel.bridge\n"
         "print(sorted(m for m in sys.modules if 'zmq' in m or m.startswith('IPython')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.strip() == "[]"
+
+
+def test_unencodable_output_is_an_error_and_odd_text_survives(kc: BlockingKernelClient) -> None:
+    reply, _ = run(kc, "display({'application/json': {'x': float('nan')}}, raw=True)")
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "ValueError"  # as ipykernel: NaN is not JSON
+    text = "caf\u00e9 \u2603 " + chr(0xD800)
+    reply, outputs = run(
+        kc,
+        "s = 'caf\\u00e9 \\u2603 ' + chr(0xd800); display({'text/plain': s}, raw=True); print(s)",
+    )
+    assert reply["content"]["status"] == "ok"
+    shown = [m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "display_data"]
+    assert shown == [text]
+    assert stdout(outputs) == text + "\n"

@@ -153,9 +153,12 @@ def encode_frame(
         raise LocalProtocolError(f"unknown frame kind {frame.kind!r}")
     buffers = [bytes(b) for b in frame.buffers]
     head = {"kind": frame.kind, "body": frame.body, "buffers": [len(b) for b in buffers]}
-    head_bytes = json.dumps(
-        head, separators=(",", ":"), ensure_ascii=False, default=default
-    ).encode("utf-8")
+    try:
+        head_bytes = json.dumps(
+            head, separators=(",", ":"), ensure_ascii=False, default=default
+        ).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (a cell may hold them): escape them
+        head_bytes = json.dumps(head, separators=(",", ":"), default=default).encode("ascii")
     size = 4 + len(head_bytes) + sum(len(b) for b in buffers)
     if size > max_frame_size:
         raise LocalProtocolError(f"frame of {size} bytes exceeds the limit of {max_frame_size}")

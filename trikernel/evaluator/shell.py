@@ -28,6 +28,7 @@ import datetime
 import getpass
 import importlib.util
 import io
+import json
 import os
 import sys
 import threading
@@ -71,6 +72,21 @@ def json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy scalars
         return obj.item()
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+_CONTENT_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=json_default
+)
+
+
+def pack_content(content: dict[str, Any]) -> bytes:
+    """Message content as wire JSON: UTF-8, no NaN (Jupyter clients reject it)."""
+    try:
+        return _CONTENT_ENCODER.encode(content).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: \udXXX escapes keep them
+        return json.dumps(
+            content, ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=json_default
+        ).encode("ascii")
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -126,9 +142,12 @@ class Outbox:
         buffers: list[bytes] | tuple[bytes, ...] = (),
     ) -> None:
         """Send one iopub-bound message (dropped while muted, see ``set_muted``)."""
-        body = {"msg_type": msg_type, "content": content, "metadata": metadata or {}}
-        frame = Frame(OUTPUT, body, tuple(memoryview(b).tobytes() for b in buffers))
-        data = encode_frame(frame, default=json_default)  # may raise: before any I/O
+        # The content travels as the JSON bytes that go on the wire (first buffer), so
+        # the kernel forwards them without decoding and encoding them again.
+        packed = pack_content(content)  # may raise (NaN, unknown types): before any I/O
+        body = {"msg_type": msg_type, "metadata": metadata or {}, "packed": True}
+        frame = Frame(OUTPUT, body, (packed, *(memoryview(b).tobytes() for b in buffers)))
+        data = encode_frame(frame, default=json_default)
         with self._lock:
             self._flush_locked()
             if not self._muted:
