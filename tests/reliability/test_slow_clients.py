@@ -99,6 +99,7 @@ def test_subscriber_that_never_reads(
     print(f"100k lines: {baseline:.2f} s alone, {took:.2f} s with 3 stalled subscribers")
     assert took < 2 * baseline + 2, (took, baseline)
     grew = (kernel.rss_kib() - before) / 1024
+    print(f"RSS grew {grew:.1f} MiB with 3 stalled subscribers")
     assert grew < 100, f"RSS grew {grew:.0f} MiB (cap: 64 MiB of queued output, shared)"
     assert_serves(kc)
     for sub in subs:
