@@ -3,8 +3,10 @@ share one (each test leaves it serving), a fresh one where a test ends it."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -43,6 +45,7 @@ def kc(kernel: KernelProcess) -> Iterator[BlockingKernelClient]:
 # tests/kernel/conftest.py does), with a short interrupt grace period: the way a user
 # configures it in kernel.json.
 _prefix = Path(tempfile.mkdtemp(prefix="trikernel-reliability-spec-"))
+atexit.register(shutil.rmtree, _prefix, ignore_errors=True)
 _spec = _prefix / "kernels" / "trikernel-reliability"
 _spec.mkdir(parents=True)
 (_spec / "kernel.json").write_text(
