@@ -23,9 +23,10 @@ from trikernel.zmtp.events import ConnectionClosed, Event, Greeting, Message, Re
 # A codec that hands out more events than this without NEED_DATA is looping.
 MAX_EVENTS = 100_000
 
-# Bytes that start a message frame but do not finish it: fed after a case, they
-# must stay buffered without changing its events (h11's "trailing bytes").
-TRAILING = b"\x01\x05hel"
+# Bytes that start a frame but do not finish it: fed after a case, they must stay
+# buffered without changing its events (h11's "trailing bytes"). A command frame,
+# because a message frame is refused from its header while the handshake is on.
+TRAILING = b"\x04\x05\x04PI"
 
 Chunking = None | int | random.Random | Sequence[int]
 

@@ -840,3 +840,12 @@ def test_drain_detects_an_endless_codec() -> None:
 
     with pytest.raises(AssertionError, match="did not return NEED_DATA"):
         drain(Endless("ROUTER"))
+
+
+def test_message_frame_before_ready_is_refused_from_its_header() -> None:
+    conn = Connection("ROUTER")
+    conn.receive_data(Connection("DEALER").initiate()[:64])  # greeting only
+    assert isinstance(conn.next_event(), Greeting)
+    conn.receive_data(b"\x02" + (1 << 40).to_bytes(8, "big"))  # header of a 1 TiB frame
+    with pytest.raises(RemoteProtocolError, match="before READY"):
+        conn.next_event()

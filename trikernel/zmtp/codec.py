@@ -322,6 +322,9 @@ class Connection:
         flags = buf.byte_at(0)
         if flags & _RESERVED:
             raise RemoteProtocolError(f"reserved flag bits set in frame flags {flags:#04x}")
+        if self.state is State.HANDSHAKE and not flags & _COMMAND:
+            # Refuse at the header: never buffer a body a peer sends before READY.
+            raise RemoteProtocolError("message frame before READY", hint="expected READY")
         if flags & _LONG:
             if available < 9:
                 return None
