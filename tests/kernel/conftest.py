@@ -11,6 +11,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from procs import alive as alive
+from procs import process_tree as process_tree
+
 from trikernel.kernelspec import install
 
 _prefix = tempfile.mkdtemp(prefix="trikernel-test-prefix-")
@@ -19,31 +22,3 @@ os.environ["JUPYTER_PATH"] = os.pathsep.join(
     [str(Path(_prefix) / "share" / "jupyter"), *filter(None, [os.environ.get("JUPYTER_PATH")])]
 )
 KERNEL_NAME = "trikernel"
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    return tree
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -27,6 +27,8 @@ from typing import Any
 
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
+from procs import alive as alive
+from procs import process_tree as process_tree
 
 TIMEOUT = 20.0
 CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
@@ -34,35 +36,6 @@ ROUTER_CHANNELS = ("shell", "control", "stdin")
 
 
 # ---------------------------------------------------------------- processes (/proc)
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants, from /proc (same idea as tests/kernel/conftest.py)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    return tree
-
-
-def alive(pid: int) -> bool:
-    """True if pid exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def cmdline(pid: int) -> str:
