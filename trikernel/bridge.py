@@ -26,10 +26,12 @@ does cancelling the caller). Then, shielded, in the manner of trio's
 
 1. send an ``interrupt`` frame: an awaiting cell is cancelled by the
    evaluator's loop, which acknowledges;
-2. no acknowledgement within ``ACK_TIMEOUT``: the loop is blocked by
-   synchronous code, send SIGINT to the evaluator's process group (a
-   KeyboardInterrupt in the cell); acknowledged but still no reply at half the
-   grace period: send SIGINT once (the cell went back to synchronous code);
+2. no acknowledgement within ``ACK_TIMEOUT`` (now 0: at once, which is what
+   makes interrupts as fast as ipykernel's): send SIGINT to the evaluator's
+   process group. Its handler raises KeyboardInterrupt in synchronous code and
+   cancels the cell's scope when the loop is awaiting, so a SIGINT the frame did
+   not need is harmless. Acknowledged but still no reply at half the grace
+   period: send SIGINT once more (the cell went back to synchronous code);
 3. no reply within ``grace_period``: kill the process group, start a new
    evaluator, say on stderr that the namespace was reset, and return an error
    reply (``EvaluatorRestarted``).
@@ -102,7 +104,7 @@ __all__ = [
 OutputCallback = Callable[[str, dict[str, Any] | bytes, list[bytes]], Awaitable[None]]
 InputCallback = Callable[[str, bool], Awaitable[str]]
 
-ACK_TIMEOUT = 0.005  # an unblocked evaluator loop acks in ~1 ms; a needless SIGINT is harmless
+ACK_TIMEOUT = 0.0  # SIGINT at once: the evaluator's handler also cancels an awaiting cell
 FD_SYNC_TIMEOUT = 2.0  # how long a reply waits for the fd 1/2 markers
 STARTUP_TIMEOUT = 60.0
 EXIT_TIMEOUT = 1.0  # after the frame pipe closes, how long the process may take to exit
