@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,7 @@ class Kernel:
         handle_signals: bool = False,
         parent_pid: int | None = None,
         max_frame_size: int = 1 << 30,
+        prebound: dict[str, socket.socket] | None = None,
         interrupt_grace: float | None = None,
     ) -> None:
         """``interrupt_grace``: seconds an interrupted cell may take to stop before the
@@ -87,6 +89,8 @@ class Kernel:
             lambda on_output: _subprocess_evaluator(on_output, interrupt_grace)
         )
         self._handle_signals = handle_signals
+        # Listening sockets bound before trio was imported (launch.py), by channel.
+        self._prebound = dict(prebound or {})
         self._parent_pid = parent_pid
         self._limits = dict(max_frame_size=max_frame_size, max_message_size=max_frame_size)
         self._replay = ReplayGuard()
@@ -121,7 +125,8 @@ class Kernel:
         async with self.shell, self.control, self.stdin, self.iopub, self.hb:
             ports = {}
             for name in _CHANNELS:
-                endpoint = await sockets[name].bind(self.info.url(name))
+                prebound = self._prebound.pop(name, None)
+                endpoint = await sockets[name].bind(self.info.url(name), sock=prebound)
                 ports[f"{name}_port"] = (
                     endpoint.port if self.info.transport == "tcp" else self.info.port(name)
                 )

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
-
-import trio
+from typing import TYPE_CHECKING
 
 from .connection import (
     ConnectionInfo,
@@ -18,7 +18,10 @@ from .connection import (
     write_connection_file,
 )
 from .errors import ConnectionFileError
-from .kernel import Kernel
+from .zmtp._listen import listen_socket, parse_url
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
 
 log = logging.getLogger("trikernel")
 
@@ -52,12 +55,24 @@ def run_kernel(
         info = new_connection_info(ip=ip)
         path = Path(default_runtime_dir()) / f"kernel-trikernel-{os.getpid()}.json"
         announce = True
+    try:
+        prebound = _bind_early(info)
+    except OSError as exc:
+        print(f"trikernel: cannot listen on {info.ip}: {exc}", file=sys.stderr)
+        return 1
+    # Only now the heavy imports (trio, the kernel): clients that connect meanwhile
+    # wait in the listen backlog rather than being refused.
+    import trio
+
+    from .kernel import Kernel
+
     parent = os.environ.get("JPY_PARENT_PID")
     kernel = Kernel(
         info,
         handle_signals=True,
         parent_pid=int(parent) if parent and parent.isdigit() else None,
         interrupt_grace=interrupt_grace,
+        prebound=prebound,
     )
     try:
         trio.run(_serve, kernel, path, info, announce)
@@ -67,7 +82,22 @@ def run_kernel(
     return 0
 
 
+def _bind_early(info: ConnectionInfo) -> dict[str, socket.socket]:
+    """The five listening sockets, bound with the standard library alone."""
+    bound: dict[str, socket.socket] = {}
+    try:
+        for channel in ("shell", "control", "stdin", "iopub", "hb"):
+            bound[channel], _ = listen_socket(parse_url(info.url(channel)))
+    except BaseException:
+        for sock in bound.values():
+            sock.close()
+        raise
+    return bound
+
+
 async def _serve(kernel: Kernel, path: Path, requested: ConnectionInfo, announce: bool) -> None:
+    import trio
+
     async with trio.open_nursery() as nursery:
         info: ConnectionInfo = await nursery.start(kernel.run)
         if info != requested or announce:

@@ -82,3 +82,30 @@ async def test_without_a_connection_file_it_writes_one_and_says_how_to_attach(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_ports_are_bound_before_trio_is_imported() -> None:
+    # launch.py binds the five ports with the standard library, then imports trio
+    # and the kernel: a client connecting early waits in the backlog, not refused.
+    code = "import sys, trikernel.launch; print('trio' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    from trikernel.connection import new_connection_info, write_connection_file
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        info = new_connection_info().with_ports(shell_port=port)
+        write_connection_file(tmp_path / "k.json", info)
+        cmd = [sys.executable, "-m", "trikernel", "-f", str(tmp_path / "k.json")]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "cannot listen" in out.stderr and "Address already in use" in out.stderr

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket as stdlib_socket
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -243,9 +244,10 @@ class _Socket:
             raise RuntimeError("use the socket in an 'async with' block first")
         return self._nursery
 
-    async def bind(self, url: str) -> Endpoint:
-        """Listen on ``tcp://IP:PORT`` or ``ipc://PATH``; returns the real endpoint."""
-        listener, endpoint = await open_listener(parse_url(url))
+    async def bind(self, url: str, *, sock: stdlib_socket.socket | None = None) -> Endpoint:
+        """Listen on ``tcp://IP:PORT`` or ``ipc://PATH`` (or adopt ``sock``, a listening
+        socket already bound there); returns the real endpoint."""
+        listener, endpoint = await open_listener(parse_url(url), sock=sock)
         self.endpoints.append(endpoint)
         self._tasks.start_soon(self._accept_loop, listener)
         return endpoint
