@@ -56,12 +56,11 @@ no cell to be running, and does not wait for the running one.
 from __future__ import annotations
 
 import codecs
-import fcntl
+import functools
 import inspect
 import itertools
 import math
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -91,6 +90,7 @@ from .evaluator.protocol import (
     encode_frame,
     sync_marker,
 )
+from .evaluator.spawn import Spawned, spawn_evaluator
 
 __all__ = [
     "OutputCallback",
@@ -136,6 +136,7 @@ async def open_subprocess_evaluator(
     python: str = sys.executable,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    prespawned: Spawned | None = None,
 ) -> AsyncIterator[SubprocessEvaluator]:
     """Start an evaluator subprocess; yield it once it is ready; stop it on exit.
 
@@ -146,13 +147,21 @@ async def open_subprocess_evaluator(
             carries the widget protocol version there).
         grace_period: how long an interrupted cell may take to stop before the
             evaluator is killed and replaced.
+        prespawned: an evaluator already started with ``evaluator.spawn`` (by
+            ``python -m trikernel`` before it imported trio), adopted as the first.
     Raises:
         EvaluatorDied: the evaluator could not be started.
     """
     failed: EvaluatorDied | None = None
     async with trio.open_nursery() as nursery:
         evaluator = SubprocessEvaluator(
-            nursery, on_output, grace_period=grace_period, python=python, env=env, cwd=cwd
+            nursery,
+            on_output,
+            grace_period=grace_period,
+            python=python,
+            env=env,
+            cwd=cwd,
+            prespawned=prespawned,
         )
         try:
             try:
@@ -197,11 +206,41 @@ class _CellWaiter:
             pass
 
 
+class _AdoptedProcess:
+    """A ``subprocess.Popen`` seen as the parts of ``trio.Process`` the bridge uses:
+    the evaluator is started with the standard library (``evaluator.spawn``), the
+    first one even before trio is imported, and adopted here."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        assert popen.stdout is not None and popen.stderr is not None
+        self._popen = popen
+        self.pid = popen.pid
+        # FdStreams of our own copies of the descriptors; the file objects are closed.
+        self.stdout = trio.lowlevel.FdStream(os.dup(popen.stdout.fileno()))
+        self.stderr = trio.lowlevel.FdStream(os.dup(popen.stderr.fileno()))
+        popen.stdout.close()
+        popen.stderr.close()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        if self._popen.poll() is None:
+            # A pidfd becomes readable when the process exits (Linux >= 5.3).
+            pidfd = os.pidfd_open(self.pid)
+            try:
+                await trio.lowlevel.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+        return self._popen.wait()
+
+
 class _Child:
     """One evaluator process, its pipes and what is waiting on it."""
 
     def __init__(
-        self, process: trio.Process, to_child: int, from_child: int, lifeline: int, token: str
+        self, process: _AdoptedProcess, to_child: int, from_child: int, lifeline: int, token: str
     ) -> None:
         self.process = process
         self.pid = process.pid
@@ -237,21 +276,6 @@ class _Child:
         if self.lifeline is not None:
             os.close(self.lifeline)
             self.lifeline = None
-
-
-def _kill_group_on_eof(read_fd: int, pgid: int) -> None:
-    """Have the OS end the evaluator's process group when the lifeline's write end
-    (held by us) closes, however we end: Linux sends SIGIO to the owner of a pipe's
-    O_ASYNC read end when its last writer goes, and SIGIO's default action ends a
-    process without its help. Unlike the evaluator's lifeline thread, this works
-    while a C call holds the GIL, and it reaches the processes a cell started. The
-    owner and O_ASYNC belong to the open file description, shared with the child.
-    Best effort: where it fails, the lifeline thread remains."""
-    try:
-        fcntl.fcntl(read_fd, fcntl.F_SETOWN, -pgid)
-        fcntl.fcntl(read_fd, fcntl.F_SETFL, fcntl.fcntl(read_fd, fcntl.F_GETFL) | os.O_ASYNC)
-    except (OSError, AttributeError):
-        pass
 
 
 def _describe_exit(returncode: int | None) -> str:
@@ -305,8 +329,10 @@ class SubprocessEvaluator:
         python: str,
         env: dict[str, str] | None,
         cwd: str | None,
+        prespawned: Spawned | None = None,
     ) -> None:
         self._nursery = nursery
+        self._prespawned = prespawned  # adopted as the first evaluator
         self._on_output = on_output
         self._pass_metadata = _accepts_metadata(on_output)
         self.grace_period = grace_period
@@ -472,42 +498,21 @@ class SubprocessEvaluator:
         raise EvaluatorDied(f"the evaluator could not be started: it {death}")
 
     async def _spawn(self) -> _Child:
-        to_r, to_w = os.pipe()
-        from_r, from_w = os.pipe()
-        life_r, life_w = os.pipe()
-        token = secrets.token_hex(8)
-        argv = [
-            self._python,
-            "-m",
-            "trikernel.evaluator",
-            f"--in-fd={to_r}",
-            f"--out-fd={from_w}",
-            f"--lifeline-fd={life_r}",
-            f"--sync-token={token}",
-            f"--execution-count={self._count + 1}",
-            f"--parent-pid={os.getpid()}",
-        ]
-        try:
-            process = await trio.lowlevel.open_process(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(to_r, from_w, life_r),
-                start_new_session=True,
-                env=self._env,
-                cwd=self._cwd,
+        spawned, self._prespawned = self._prespawned, None
+        if spawned is None:
+            spawned = await trio.to_thread.run_sync(
+                functools.partial(
+                    spawn_evaluator,
+                    self._python,
+                    execution_count=self._count + 1,
+                    env=self._env,
+                    cwd=self._cwd,
+                )
             )
-        except BaseException:
-            for fd in (to_w, from_r, life_w):
-                os.close(fd)
-            raise
-        else:
-            _kill_group_on_eof(life_r, process.pid)
-        finally:
-            for fd in (to_r, from_w, life_r):
-                os.close(fd)
-        child = _Child(process, to_w, from_r, life_w, token)
+        process = _AdoptedProcess(spawned.popen)
+        child = _Child(
+            process, spawned.to_child, spawned.from_child, spawned.lifeline, spawned.token
+        )
         await self._nursery.start(self._supervise, child)
         return child
 

@@ -40,6 +40,7 @@ from .zmtp.sockets import Peer, PubSocket, RepSocket, RouterSocket, _Socket
 
 if TYPE_CHECKING:
     from .bridge import Evaluator, InputCallback, OutputCallback
+    from .evaluator.spawn import Spawned
 
 __all__ = ["Kernel", "EvaluatorFactory"]
 
@@ -49,13 +50,13 @@ EvaluatorFactory = Callable[["OutputCallback"], AbstractAsyncContextManager["Eva
 
 
 def _subprocess_evaluator(
-    on_output: OutputCallback, grace_period: float | None = None
+    on_output: OutputCallback, grace_period: float | None = None, prespawned: Spawned | None = None
 ) -> AbstractAsyncContextManager[Evaluator]:
     from .bridge import open_subprocess_evaluator
 
     if grace_period is None:
-        return open_subprocess_evaluator(on_output)
-    return open_subprocess_evaluator(on_output, grace_period=grace_period)
+        return open_subprocess_evaluator(on_output, prespawned=prespawned)
+    return open_subprocess_evaluator(on_output, grace_period=grace_period, prespawned=prespawned)
 
 
 _CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
@@ -76,6 +77,7 @@ class Kernel:
         max_frame_size: int = 1 << 30,
         prebound: dict[str, socket.socket] | None = None,
         interrupt_grace: float | None = None,
+        prespawned_evaluator: Spawned | None = None,
     ) -> None:
         """``interrupt_grace``: seconds an interrupted cell may take to stop before the
         subprocess evaluator is killed and replaced (None: the bridge's default); only
@@ -86,7 +88,9 @@ class Kernel:
         self.execution_count = 0
         self.restart_requested = False
         self._evaluator_factory: EvaluatorFactory = evaluator_factory or (
-            lambda on_output: _subprocess_evaluator(on_output, interrupt_grace)
+            lambda on_output: _subprocess_evaluator(
+                on_output, interrupt_grace, prespawned_evaluator
+            )
         )
         self._handle_signals = handle_signals
         # Listening sockets bound before trio was imported (launch.py), by channel.

@@ -18,6 +18,7 @@ from .connection import (
     write_connection_file,
 )
 from .errors import ConnectionFileError
+from .evaluator.spawn import spawn_evaluator
 from .zmtp._listen import listen_socket, parse_url
 
 if TYPE_CHECKING:
@@ -60,6 +61,13 @@ def run_kernel(
     except OSError as exc:
         print(f"trikernel: cannot listen on {info.ip}: {exc}", file=sys.stderr)
         return 1
+    # The evaluator starts now, so its imports overlap ours (2 cores: ~350 ms saved on
+    # the first cell). If it cannot start here, the bridge tries again and reports.
+    try:
+        prespawned = spawn_evaluator(sys.executable)
+    except OSError as exc:
+        log.warning("could not start the evaluator early: %s", exc)
+        prespawned = None
     # Only now the heavy imports (trio, the kernel): clients that connect meanwhile
     # wait in the listen backlog rather than being refused.
     import trio
@@ -73,6 +81,7 @@ def run_kernel(
         parent_pid=int(parent) if parent and parent.isdigit() else None,
         interrupt_grace=interrupt_grace,
         prebound=prebound,
+        prespawned_evaluator=prespawned,
     )
     try:
         trio.run(_serve, kernel, path, info, announce)
