@@ -117,7 +117,9 @@ class Kernel:
         small: dict[str, Any] = dict(
             max_frame_size=1 << 16, max_message_size=1 << 16
         )  # pings, subscriptions
-        self.iopub = PubSocket(on_subscribe=self._welcome, **small)
+        # 256 MiB of big outputs may wait for one subscriber (a healthy client still
+        # reading a 100 MB display must not lose the next one); stalled ones drop.
+        self.iopub = PubSocket(on_subscribe=self._welcome, hwm_bytes=1 << 28, **small)
         self.hb = RepSocket(hwm_bytes=1 << 20, **small)  # pings are tiny; unread ones cost this
         sockets: dict[str, _Socket] = {
             "shell": self.shell,

@@ -242,3 +242,14 @@ def test_unencodable_output_is_an_error_and_odd_text_survives(kc: BlockingKernel
     shown = [m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "display_data"]
     assert shown == [text]
     assert stdout(outputs) == text + "\n"
+
+
+def test_big_displays_back_to_back_all_arrive_then_idle(kc: BlockingKernelClient) -> None:
+    # A healthy client still reading one big output must not lose the next one, nor
+    # the idle status after it (the per-subscriber byte cap is for stalled readers).
+    code = "for c in 'ab': display({'text/plain': c * 40_000_000}, raw=True)\nprint('done')"
+    reply, outputs = run(kc, code)
+    assert reply["content"]["status"] == "ok"
+    shown = [m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "display_data"]
+    assert [(s[0], len(s)) for s in shown] == [("a", 40_000_000), ("b", 40_000_000)]
+    assert stdout(outputs) == "done\n"

@@ -701,3 +701,20 @@ async def test_messages_queued_by_a_dealer_arrive_right_after_the_handshake(
             assert [await router.receive() for _ in range(3)] == [
                 [b"early", b"%d" % n] for n in range(3)
             ]
+
+
+def test_small_messages_pass_while_a_big_one_is_in_flight() -> None:
+    # The byte cap must not drop an idle status behind a 100 MB display that a
+    # healthy client is still reading; a second big message over the cap is dropped.
+    from trikernel.zmtp.codec import Connection
+    from trikernel.zmtp.sockets import Peer
+
+    a, _ = trio.testing.memory_stream_pair()
+    peer = Peer(1, a, Connection("XPUB"), hwm=1000, hwm_bytes=1 << 20)
+    assert peer.send_nowait(b"x" * (1 << 20))  # the first message always fits
+    assert peer.send_nowait(b"s" * 1024)  # small: only the message count limits it
+    assert not peer.send_nowait(b"y" * 2048)  # big, and over the byte cap
+    assert peer.dropped == 1
+    for _ in range(998):  # up to hwm = 1000 queued messages
+        assert peer.send_nowait(b"s")
+    assert not peer.send_nowait(b"s")  # the message count still holds

@@ -15,8 +15,8 @@ memory channel of already-encoded messages, so
 * a message is one ``send_all`` (several queued messages are batched into one);
 * server sockets never block their caller: ``send_nowait``/``publish_nowait``
   drop the whole message for a peer whose queue is full (libzmq's high-water
-  mark: ``hwm`` messages, or ``hwm_bytes`` bytes beyond the first message) and
-  count it in ``statistics()``;
+  mark: ``hwm`` messages, or, for messages bigger than ``hwm_bytes / 1024``,
+  ``hwm_bytes`` bytes beyond the first message) and count it in ``statistics()``;
 * a peer that breaks the protocol or disconnects is closed and logged; the
   socket and its other peers go on.
 
@@ -101,8 +101,14 @@ class Peer:
 
     def send_nowait(self, data: bytes) -> bool:
         """Queue encoded bytes; False (and counted) if the queue is full (``hwm``
-        messages, or ``hwm_bytes`` with at least one message queued) or closed."""
-        if self.queued_bytes and self.queued_bytes + len(data) > self.hwm_bytes:
+        messages, or ``hwm_bytes`` with at least one message queued) or closed.
+
+        Small messages (at most ``hwm_bytes / 1024``) are held back by the message
+        count only: a status or a print must not be lost because a big display is
+        still being written to a client that reads at full speed. Memory per peer
+        stays below about twice ``hwm_bytes``."""
+        big = len(data) > self.hwm_bytes >> 10
+        if big and self.queued_bytes and self.queued_bytes + len(data) > self.hwm_bytes:
             self.dropped += 1
             return False
         try:
