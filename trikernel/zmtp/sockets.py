@@ -504,9 +504,6 @@ class RouterSocket(_Socket):
             return False
         return peer.send_nowait(encode_frames(frames[1:]))
 
-    def has_peer(self, routing_id: bytes) -> bool:
-        return routing_id in self._routes
-
 
 SubscribeHook = Callable[[Peer, bytes], None]
 
