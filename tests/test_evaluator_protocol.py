@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -30,6 +31,22 @@ CASES = [
 ]
 
 
+def wire(frame: Frame, **kwargs: Any) -> bytes:
+    return b"".join(encode_frame(frame, **kwargs))
+
+
+def test_buffers_are_written_as_they_are() -> None:
+    big = bytearray(b"x" * 100_000)
+    floats = memoryview(bytearray(16)).cast("d")  # 2 items, 16 bytes
+    pieces = encode_frame(Frame(OUTPUT, {"msg_type": "display_data"}, (big, floats)))
+    assert pieces[1] is big  # not copied
+    assert [len(p) for p in pieces[1:]] == [100_000, 16]  # bytes, not items
+    decoder = FrameDecoder()
+    decoder.receive_data(b"".join(pieces))
+    (frame,) = decode_all(decoder)
+    assert frame.buffers == (bytes(big), bytes(16))
+
+
 def decode_all(decoder: FrameDecoder) -> list[Frame]:
     frames = []
     while isinstance(frame := decoder.next_frame(), Frame):
@@ -40,7 +57,7 @@ def decode_all(decoder: FrameDecoder) -> list[Frame]:
 @pytest.mark.parametrize("frame", CASES)
 def test_whole(frame: Frame) -> None:
     decoder = FrameDecoder()
-    decoder.receive_data(encode_frame(frame))
+    decoder.receive_data(wire(frame))
     assert decoder.next_frame() == frame
     assert decoder.next_frame() is NEED_DATA
 
@@ -48,7 +65,7 @@ def test_whole(frame: Frame) -> None:
 @pytest.mark.parametrize("frame", CASES)
 def test_byte_by_byte(frame: Frame) -> None:
     decoder = FrameDecoder()
-    data = encode_frame(frame)
+    data = wire(frame)
     for i in range(len(data) - 1):
         decoder.receive_data(data[i : i + 1])
         assert decoder.next_frame() is NEED_DATA
@@ -59,7 +76,7 @@ def test_byte_by_byte(frame: Frame) -> None:
 @pytest.mark.parametrize("frame", CASES)
 def test_trailing_data(frame: Frame) -> None:
     decoder = FrameDecoder()
-    data = encode_frame(frame)
+    data = wire(frame)
     decoder.receive_data(data + data[:5])
     assert decoder.next_frame() == frame
     assert decoder.next_frame() is NEED_DATA
@@ -69,7 +86,7 @@ def test_trailing_data(frame: Frame) -> None:
 
 def test_clean_close() -> None:
     decoder = FrameDecoder()
-    decoder.receive_data(encode_frame(CASES[0]))
+    decoder.receive_data(wire(CASES[0]))
     decoder.receive_data(b"")
     assert decoder.next_frame() == CASES[0]
     assert decoder.next_frame() is CLOSED
@@ -77,7 +94,7 @@ def test_clean_close() -> None:
 
 def test_close_mid_frame() -> None:
     decoder = FrameDecoder()
-    decoder.receive_data(encode_frame(CASES[1])[:-1])
+    decoder.receive_data(wire(CASES[1])[:-1])
     decoder.receive_data(b"")
     with pytest.raises(RemoteProtocolError):
         decoder.next_frame()
@@ -95,9 +112,9 @@ def test_oversized_refused_before_buffering() -> None:
 
 def test_encoder_limits() -> None:
     with pytest.raises(LocalProtocolError):
-        encode_frame(Frame("nonsense"))
+        wire(Frame("nonsense"))
     with pytest.raises(LocalProtocolError):
-        encode_frame(Frame("comm", {}, (b"x" * 200,)), max_frame_size=100)
+        wire(Frame("comm", {}, (b"x" * 200,)), max_frame_size=100)
 
 
 def _raw(head: object, tail: bytes = b"") -> bytes:
@@ -129,9 +146,9 @@ def test_malformed(data: bytes) -> None:
 def test_default_hook() -> None:
     frame = Frame(OUTPUT, {"x": {1, 2}})
     with pytest.raises(TypeError):
-        encode_frame(frame)
+        wire(frame)
     decoder = FrameDecoder()
-    decoder.receive_data(encode_frame(frame, default=sorted))
+    decoder.receive_data(wire(frame, default=sorted))
     assert decoder.next_frame() == Frame(OUTPUT, {"x": [1, 2]})
 
 
@@ -152,7 +169,7 @@ frames = st.builds(
 
 @given(st.lists(frames, max_size=5), st.data())
 def test_arbitrary_chunking(sent: list[Frame], data: st.DataObject) -> None:
-    stream = b"".join(encode_frame(f) for f in sent)
+    stream = b"".join(wire(f) for f in sent)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
     decoder = FrameDecoder()
     received = []
@@ -178,5 +195,5 @@ def test_hostile_bytes_never_crash(data: bytes) -> None:
 def test_lone_surrogates_survive_the_pipe() -> None:
     frame = Frame("execute", {"id": 1, "content": {"code": "'\ud800'"}})
     decoder = FrameDecoder()
-    decoder.receive_data(encode_frame(frame))
+    decoder.receive_data(wire(frame))
     assert decoder.next_frame() == frame

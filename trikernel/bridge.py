@@ -64,7 +64,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -85,12 +85,13 @@ from .evaluator.protocol import (
     REQUEST,
     RESPONSE,
     SHUTDOWN,
+    Buffer,
     Frame,
     FrameDecoder,
     encode_frame,
     sync_marker,
 )
-from .evaluator.spawn import Spawned, spawn_evaluator
+from .evaluator.spawn import FRAME_PIPE_SIZE, Spawned, spawn_evaluator
 
 __all__ = [
     "OutputCallback",
@@ -101,7 +102,7 @@ __all__ = [
 ]
 
 # content is a dict, or bytes: JSON the evaluator already encoded for the wire.
-OutputCallback = Callable[[str, dict[str, Any] | bytes, list[bytes]], Awaitable[None]]
+OutputCallback = Callable[[str, dict[str, Any] | Buffer, list[Buffer]], Awaitable[None]]
 InputCallback = Callable[[str, bool], Awaitable[str]]
 
 ACK_TIMEOUT = 0.0  # SIGINT at once: the evaluator's handler also cancels an awaiting cell
@@ -122,7 +123,7 @@ class Evaluator(Protocol):
     async def request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]: ...
 
     async def send_comm(
-        self, msg_type: str, content: dict[str, Any], buffers: list[bytes]
+        self, msg_type: str, content: dict[str, Any], buffers: Sequence[Buffer]
     ) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -248,7 +249,7 @@ class _Child:
         self.from_child = trio.lowlevel.FdStream(from_child)
         self.lifeline: int | None = lifeline
         self.marker = sync_marker(token)
-        self.outgoing, self.outgoing_receive = trio.open_memory_channel[bytes](64)
+        self.outgoing, self.outgoing_receive = trio.open_memory_channel[list[Buffer]](64)
         self.ready = trio.Event()
         self.settled = trio.Event()  # ready or exited
         self.exited = trio.Event()
@@ -442,7 +443,9 @@ class SubprocessEvaluator:
             return _error("EvaluatorDied", f"the evaluator {call.error}")
         return call.content
 
-    async def send_comm(self, msg_type: str, content: dict[str, Any], buffers: list[bytes]) -> None:
+    async def send_comm(
+        self, msg_type: str, content: dict[str, Any], buffers: Sequence[Buffer]
+    ) -> None:
         """Deliver a frontend comm_open/comm_msg/comm_close (dropped if the evaluator is dead).
 
         Returns once the evaluator's comm handlers have run: what they output has
@@ -599,9 +602,10 @@ class SubprocessEvaluator:
 
     async def _write_frames(self, child: _Child) -> None:
         async with child.outgoing_receive:
-            async for data in child.outgoing_receive:
+            async for pieces in child.outgoing_receive:
                 try:
-                    await child.to_child.send_all(data)
+                    for piece in pieces:
+                        await child.to_child.send_all(piece)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
         await child.to_child.aclose()  # EOF: the evaluator shuts down
@@ -612,7 +616,7 @@ class SubprocessEvaluator:
             frame = decoder.next_frame()
             if frame is NEED_DATA:
                 try:
-                    data = await child.from_child.receive_some(1 << 16)
+                    data = await child.from_child.receive_some(FRAME_PIPE_SIZE)
                 except trio.BrokenResourceError:
                     data = b""
                 decoder.receive_data(data)
@@ -679,8 +683,8 @@ class SubprocessEvaluator:
     async def _emit(
         self,
         msg_type: str,
-        content: dict[str, Any] | bytes,
-        buffers: list[bytes],
+        content: dict[str, Any] | Buffer,
+        buffers: list[Buffer],
         metadata: Any = None,
     ) -> None:
         async with self._emit_lock:

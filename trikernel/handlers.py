@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._version import __version__
 from .messages import PROTOCOL_VERSION, Message
+from .zmtp.codec import Buffer
 
 if TYPE_CHECKING:
     from .bridge import Evaluator, InputCallback
@@ -31,7 +32,7 @@ class KernelContext(Protocol):
         msg_type: str,
         content: dict[str, Any],
         parent: Message,
-        buffers: list[bytes] | None = None,
+        buffers: list[Buffer] | None = None,
     ) -> None: ...
 
     async def get_evaluator(self) -> Evaluator: ...

@@ -41,13 +41,15 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import CodeType, TracebackType
 from typing import Any, TextIO
 
 import trio
+
+from .zmtp.codec import Buffer
 
 __all__ = [
     "InProcessEvaluator",
@@ -760,7 +762,9 @@ class InProcessEvaluator:
     def _comm_info(self, content: dict[str, Any]) -> dict[str, Any]:
         return {"status": "ok", "comms": {}}
 
-    async def send_comm(self, msg_type: str, content: dict[str, Any], buffers: list[bytes]) -> None:
+    async def send_comm(
+        self, msg_type: str, content: dict[str, Any], buffers: Sequence[Buffer]
+    ) -> None:
         # No comm targets in-process (no widgets): refuse an open as ipykernel does for
         # an unknown target, so the frontend does not wait for it.
         if msg_type == "comm_open" and content.get("comm_id"):

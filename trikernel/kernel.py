@@ -36,6 +36,7 @@ from .connection import ConnectionInfo
 from .errors import LocalProtocolError, RemoteProtocolError
 from .handlers import CONTROL_HANDLERS, SHELL_HANDLERS, Handler
 from .messages import Message, ReplayGuard, Signer, new_header, new_id, parse, serialize
+from .zmtp.codec import Buffer
 from .zmtp.sockets import Peer, PubSocket, RepSocket, RouterSocket, _Socket
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class Kernel:
         self._parent_pid = parent_pid
         self._limits = dict(max_frame_size=max_frame_size, max_message_size=max_frame_size)
         self._replay = ReplayGuard()
-        self._iopub_send, self._iopub_receive = trio.open_memory_channel[list[bytes]](1000)
+        self._iopub_send, self._iopub_receive = trio.open_memory_channel[list[Buffer]](1000)
         self._shell_send, self._shell_receive = trio.open_memory_channel[Message](1000)
         self._input_send, self._input_receive = trio.open_memory_channel[Message](16)
         self._evaluator: Evaluator | None = None
@@ -193,9 +194,9 @@ class Kernel:
     async def publish(
         self,
         msg_type: str,
-        content: dict[str, Any] | bytes,
+        content: dict[str, Any] | Buffer,
         parent: Message | None,
-        buffers: list[bytes] | None = None,
+        buffers: list[Buffer] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         """Queue one iopub message; the iopub writer sends them in order."""
@@ -206,13 +207,13 @@ class Kernel:
     def _iopub_frames(
         self,
         msg_type: str,
-        content: dict[str, Any] | bytes,
+        content: dict[str, Any] | Buffer,
         parent: Message | None,
-        buffers: list[bytes] | None,
+        buffers: list[Buffer] | None,
         metadata: dict[str, Any] | None,
-    ) -> list[bytes]:
+    ) -> list[Buffer]:
         # bytes content: wire JSON the evaluator encoded; forwarded, not re-encoded.
-        packed = content if isinstance(content, bytes) else None
+        packed = None if isinstance(content, dict) else content
         if msg_type == "stream":
             name = content.get("name", "stdout") if isinstance(content, dict) else "stdout"
             topic = f"stream.{name}"
@@ -258,8 +259,8 @@ class Kernel:
     async def _on_evaluator_output(
         self,
         msg_type: str,
-        content: dict[str, Any] | bytes,
-        buffers: list[bytes],
+        content: dict[str, Any] | Buffer,
+        buffers: list[Buffer],
         metadata: dict[str, Any] | None = None,
     ) -> None:
         # metadata matters for comm_open: ipywidgets puts its protocol version there.

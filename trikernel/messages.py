@@ -22,10 +22,12 @@ import hashlib
 import hmac
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trikernel.errors import LocalProtocolError, RemoteProtocolError
+from trikernel.zmtp.codec import Buffer
 
 __all__ = [
     "DELIMITER",
@@ -55,7 +57,7 @@ class Message:
     parent_header: dict[str, Any]
     metadata: dict[str, Any]
     content: dict[str, Any]
-    buffers: list[bytes] = field(default_factory=list)
+    buffers: Sequence[Buffer] = field(default_factory=list)
     identities: list[bytes] = field(default_factory=list)
 
     @property
@@ -108,7 +110,7 @@ class Signer:
     def enabled(self) -> bool:
         return self._hmac is not None
 
-    def sign(self, frames: list[bytes]) -> bytes:
+    def sign(self, frames: Sequence[Buffer]) -> bytes:
         """Lowercase hex digest over header, parent_header, metadata and content."""
         if self._hmac is None:
             return b""
@@ -205,7 +207,9 @@ def _pack(obj: dict[str, Any], part: str) -> bytes:
         raise LocalProtocolError(f"cannot encode message {part} as JSON: {exc}") from exc
 
 
-def serialize(msg: Message, signer: Signer, *, packed_content: bytes | None = None) -> list[bytes]:
+def serialize(
+    msg: Message, signer: Signer, *, packed_content: Buffer | None = None
+) -> list[Buffer]:
     """Frames for ``msg``: identities, delimiter, signature, the four dicts, buffers.
 
     ``packed_content``, when given, is used as the content frame instead of

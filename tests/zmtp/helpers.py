@@ -273,7 +273,7 @@ class CodecPair:
     def send_frames(self, side: str, frames: list[bytes], chunking: Chunking = None) -> bytes:
         """Send one multipart message with ``send_frames``; check it arrives whole; return the wire bytes."""
         sender, receiver = self.conns(side)
-        data = sender.send_frames(frames)
+        data = b"".join(sender.send_frames(frames))
         assert feed(receiver, data, chunking) == [Message(frames)]
         return data
 

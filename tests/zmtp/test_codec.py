@@ -16,7 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trikernel.errors import LocalProtocolError, RemoteProtocolError
-from trikernel.zmtp.codec import NEED_DATA, Connection, State, encode_frames
+from trikernel.zmtp.codec import (
+    NEED_DATA,
+    PASS_THROUGH_SIZE,
+    Connection,
+    State,
+    encode_frames,
+)
 from trikernel.zmtp.events import (
     Cancel,
     ConnectionClosed,
@@ -208,7 +214,7 @@ MESSAGE_CASES = [  # (wire bytes, frames)
 
 @pytest.mark.parametrize(("data", "frames"), MESSAGE_CASES)
 def test_message_encoding(data: bytes, frames: list[bytes]) -> None:
-    assert handshaken("ROUTER", "DEALER").send_frames(frames) == data
+    assert b"".join(handshaken("ROUTER", "DEALER").send_frames(frames)) == data
     assert handshaken("REP", "REQ").send(Message(frames)) == data
 
 
@@ -220,9 +226,20 @@ def test_message_decoding(data: bytes, frames: list[bytes]) -> None:
 
 def test_encode_frames_needs_no_connection() -> None:
     for data, frames in MESSAGE_CASES:
-        assert encode_frames(frames) == data
+        assert encode_frames(frames) == [data]  # small messages: one piece
     with pytest.raises(LocalProtocolError, match="at least one frame"):
         encode_frames([])
+
+
+def test_encode_frames_passes_big_bodies_through_uncopied() -> None:
+    big = b"x" * PASS_THROUGH_SIZE
+    frames = [b"topic", bytearray(big), b"sig", memoryview(big)]
+    pieces = encode_frames(frames)
+    # header+topic+header | big | header+sig+header | big: the bodies are the same objects
+    assert [len(p) for p in pieces] == [2 + 5 + 9, len(big), 2 + 3 + 9, len(big)]
+    assert pieces[1] is frames[1] and pieces[3] is frames[3]
+    wire_bytes = b"".join(pieces)
+    assert feed(handshaken("DEALER", "ROUTER"), wire_bytes) == [Message([bytes(f) for f in frames])]
 
 
 def test_long_frame_is_312_bytes() -> None:  # 9.1

@@ -711,10 +711,21 @@ def test_small_messages_pass_while_a_big_one_is_in_flight() -> None:
 
     a, _ = trio.testing.memory_stream_pair()
     peer = Peer(1, a, Connection("XPUB"), hwm=1000, hwm_bytes=1 << 20)
-    assert peer.send_nowait(b"x" * (1 << 20))  # the first message always fits
-    assert peer.send_nowait(b"s" * 1024)  # small: only the message count limits it
-    assert not peer.send_nowait(b"y" * 2048)  # big, and over the byte cap
+    assert peer.send_nowait([b"x" * (1 << 20)])  # the first message always fits
+    assert peer.send_nowait([b"s" * 1024])  # small: only the message count limits it
+    assert not peer.send_nowait([b"y" * 2048])  # big, and over the byte cap
     assert peer.dropped == 1
     for _ in range(998):  # up to hwm = 1000 queued messages
-        assert peer.send_nowait(b"s")
-    assert not peer.send_nowait(b"s")  # the message count still holds
+        assert peer.send_nowait([b"s"])
+    assert not peer.send_nowait([b"s"])  # the message count still holds
+
+
+def test_writer_joins_small_pieces_and_passes_big_ones_through() -> None:
+    from trikernel.zmtp.codec import PASS_THROUGH_SIZE
+    from trikernel.zmtp.sockets import _coalesce
+
+    big = bytearray(PASS_THROUGH_SIZE)
+    out = _coalesce([b"a", b"b", big, b"c", big, b"d", b"e"])
+    assert out == [b"ab", big, b"c", big, b"de"]
+    assert out[1] is big and out[3] is big  # not copied
+    assert _coalesce([b"only"]) == [b"only"]

@@ -13,7 +13,7 @@ length from its first four bytes and checks it against ``max_frame_size``
 *before* buffering the rest. ``FrameDecoder.receive_data(bytes)`` buffers
 (``b""`` means end of stream) and ``next_frame()`` returns a ``Frame``,
 ``NEED_DATA`` or, after a clean end of stream, ``CLOSED``. ``encode_frame``
-turns a ``Frame`` into bytes. No I/O, no clock, no trio: the evaluator uses
+turns a ``Frame`` into bytes (pieces to write in order). No I/O, no clock, no trio: the evaluator uses
 this from plain threads and the bridge from trio tasks.
 
 Frame kinds and bodies
@@ -54,6 +54,7 @@ from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..zmtp._buffer import ReceiveBuffer
+from ..zmtp.codec import Buffer
 
 __all__ = [
     "sync_marker",
@@ -132,7 +133,7 @@ class Frame:
 
     kind: str
     body: dict[str, Any] = field(default_factory=dict)
-    buffers: tuple[bytes, ...] = ()
+    buffers: tuple[Buffer, ...] = ()
 
 
 def encode_frame(
@@ -140,8 +141,9 @@ def encode_frame(
     *,
     default: Callable[[Any], Any] | None = None,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-) -> bytes:
-    """Return the bytes of ``frame``.
+) -> list[Buffer]:
+    """Return the bytes of ``frame`` as pieces to write in order: the sizes and the
+    head, then each buffer as it is (a 50 MB buffer is not copied to be framed).
 
     Args:
         default: passed to ``json.dumps`` for objects JSON cannot encode.
@@ -151,7 +153,7 @@ def encode_frame(
     """
     if frame.kind not in KINDS:
         raise LocalProtocolError(f"unknown frame kind {frame.kind!r}")
-    buffers = [bytes(b) for b in frame.buffers]
+    buffers = [_byte_view(b) for b in frame.buffers]
     head = {"kind": frame.kind, "body": frame.body, "buffers": [len(b) for b in buffers]}
     try:
         head_bytes = json.dumps(
@@ -162,7 +164,16 @@ def encode_frame(
     size = 4 + len(head_bytes) + sum(len(b) for b in buffers)
     if size > max_frame_size:
         raise LocalProtocolError(f"frame of {size} bytes exceeds the limit of {max_frame_size}")
-    return b"".join([_U32.pack(size), _U32.pack(len(head_bytes)), head_bytes, *buffers])
+    return [_U32.pack(size) + _U32.pack(len(head_bytes)) + head_bytes, *buffers]
+
+
+def _byte_view(buffer: Buffer) -> Buffer:
+    """``buffer`` as bytes-like whose len() counts bytes (a memoryview of floats
+    counts items); copied only if it is not contiguous."""
+    if isinstance(buffer, bytes | bytearray):
+        return buffer
+    view = memoryview(buffer)
+    return view.cast("B") if view.c_contiguous else view.tobytes()
 
 
 class FrameDecoder:

@@ -53,7 +53,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Type
 
 from .aio import AsyncioThread, exec_code, uses_asyncio
-from .protocol import OUTPUT, Frame, encode_frame
+from .protocol import OUTPUT, Buffer, Frame, encode_frame
 
 __all__ = ["Outbox", "StreamWriter", "KernelShell", "create_shell", "StdinHandler"]
 
@@ -89,12 +89,13 @@ def pack_content(content: dict[str, Any]) -> bytes:
         ).encode("ascii")
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """Blocking write of all of ``data``; if the bridge is gone, nobody can hear us: exit."""
-    view = memoryview(data)
+def write_all(fd: int, pieces: list[Buffer]) -> None:
+    """Blocking write of all ``pieces``; if the bridge is gone, nobody can hear us: exit."""
     try:
-        while view:
-            view = view[os.write(fd, view) :]
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
     except BrokenPipeError:
         os._exit(1)
 
@@ -139,15 +140,15 @@ class Outbox:
         content: dict[str, Any],
         *,
         metadata: dict[str, Any] | None = None,
-        buffers: list[bytes] | tuple[bytes, ...] = (),
+        buffers: list[Buffer] | tuple[Buffer, ...] = (),
     ) -> None:
         """Send one iopub-bound message (dropped while muted, see ``set_muted``)."""
         # The content travels as the JSON bytes that go on the wire (first buffer), so
         # the kernel forwards them without decoding and encoding them again.
         packed = pack_content(content)  # may raise (NaN, unknown types): before any I/O
         body = {"msg_type": msg_type, "metadata": metadata or {}, "packed": True}
-        frame = Frame(OUTPUT, body, (packed, *(memoryview(b).tobytes() for b in buffers)))
-        data = encode_frame(frame, default=json_default)
+        # Buffers are written from the caller's memory, before this returns.
+        data = encode_frame(Frame(OUTPUT, body, (packed, *buffers)), default=json_default)
         with self._lock:
             self._flush_locked()
             if not self._muted:
@@ -797,7 +798,7 @@ class KernelShell(InteractiveShell):
     comm_manager: comm.base_comm.CommManager
 
     def handle_comm(
-        self, msg_type: str, content: dict, metadata: dict, buffers: list[bytes]
+        self, msg_type: str, content: dict, metadata: dict, buffers: list[Buffer]
     ) -> None:
         handler = {
             "comm_open": self.comm_manager.comm_open,

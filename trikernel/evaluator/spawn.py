@@ -43,6 +43,7 @@ def spawn_evaluator(
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()
     life_r, life_w = os.pipe()
+    _widen_pipe(from_w)
     token = secrets.token_hex(8)
     argv = [
         python,
@@ -91,3 +92,16 @@ def kill_group_on_eof(read_fd: int, pgid: int) -> None:
         fcntl.fcntl(read_fd, fcntl.F_SETFL, fcntl.fcntl(read_fd, fcntl.F_GETFL) | os.O_ASYNC)
     except (OSError, AttributeError):
         pass
+
+
+# Outputs cross the frame pipe: a 1 MiB pipe (Linux's default limit for unprivileged
+# users) takes a big display in 16 times fewer wake-ups of both processes than 64 KiB.
+FRAME_PIPE_SIZE = 1 << 20
+
+
+def _widen_pipe(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, FRAME_PIPE_SIZE)
+    except (AttributeError, OSError):  # not Linux, or over the user's pipe quota
+        pass
+

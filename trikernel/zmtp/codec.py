@@ -34,6 +34,7 @@ Subscribe/Cancel; on other sockets it is an ordinary message.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from enum import Enum, auto
 
 from ..errors import LocalProtocolError, RemoteProtocolError
@@ -51,7 +52,16 @@ from .events import (
     Subscribe,
 )
 
-__all__ = ["Connection", "NEED_DATA", "encode_frames", "State", "VALID_PEERS", "GREETING_SIZE"]
+__all__ = [
+    "Connection",
+    "NEED_DATA",
+    "PASS_THROUGH_SIZE",
+    "Buffer",
+    "encode_frames",
+    "State",
+    "VALID_PEERS",
+    "GREETING_SIZE",
+]
 
 
 class _NeedData:
@@ -115,18 +125,37 @@ def _frame(flags: int, body: bytes) -> bytes:
     return _header(flags, len(body)) + body
 
 
-def encode_frames(frames: list[bytes]) -> bytes:
-    """Wire bytes of a multipart message; independent of any connection's state,
-    so a publisher encodes once for all its subscribers."""
+# Bodies this big are written as they are, not joined to their headers: a 50 MB
+# display is then not copied on its way to the socket.
+PASS_THROUGH_SIZE = 1 << 16
+
+#: bytes-like that frames and wire pieces may be (bytes, or a view of a big buffer)
+Buffer = bytes | bytearray | memoryview
+
+
+def encode_frames(frames: Sequence[Buffer]) -> list[Buffer]:
+    """Wire bytes of a multipart message, as pieces to write in order.
+
+    Headers and small bodies are joined into one piece (one copy of each); bodies
+    of ``PASS_THROUGH_SIZE`` bytes or more are pieces of their own, not copied.
+    Independent of any connection's state, so a publisher encodes once for all
+    its subscribers."""
     if not frames:
         raise LocalProtocolError("a message has at least one frame")
-    # Headers and bodies joined once: every body is copied exactly one time.
-    parts = []
+    pieces: list[Buffer] = []
+    small: list[Buffer] = []
     last = len(frames) - 1
     for i, body in enumerate(frames):
-        parts.append(_header(_MORE if i < last else 0, len(body)))
-        parts.append(body)
-    return b"".join(parts)
+        small.append(_header(_MORE if i < last else 0, len(body)))
+        if len(body) < PASS_THROUGH_SIZE:
+            small.append(body)
+        else:
+            pieces.append(b"".join(small))
+            pieces.append(body)
+            small = []
+    if small:
+        pieces.append(b"".join(small))
+    return pieces
 
 
 def _command(name: bytes, data: bytes = b"") -> bytes:
@@ -219,7 +248,7 @@ class Connection:
     def send(self, event: Event) -> bytes:
         """Bytes for one outgoing event. Messages may be sent only after the peer's READY."""
         if isinstance(event, Message):
-            return self.send_frames(event.frames)
+            return b"".join(self.send_frames(event.frames))
         if isinstance(event, Subscribe | Cancel):
             return self._send_subscription(event)
         if isinstance(event, Ping):
@@ -232,8 +261,8 @@ class Connection:
             return _command(b"ERROR", bytes([len(event.reason[:255])]) + event.reason[:255])
         raise LocalProtocolError(f"cannot send {type(event).__name__}")
 
-    def send_frames(self, frames: list[bytes]) -> bytes:
-        """Bytes for a multipart message (the hot path: no event object needed)."""
+    def send_frames(self, frames: Sequence[Buffer]) -> list[Buffer]:
+        """Wire pieces of a multipart message (the hot path: no event object needed)."""
         if self.state is not State.TRAFFIC:
             raise LocalProtocolError(f"cannot send a message in state {self.state.name}")
         return encode_frames(frames)

@@ -12,7 +12,9 @@ the peer, then loop: drain codec events -> ``receive_some`` -> ``receive_data``.
 One writer task per peer owns the stream's sending side and is fed by a bounded
 memory channel of already-encoded messages, so
 
-* a message is one ``send_all`` (several queued messages are batched into one);
+* messages are queued as wire pieces (``encode_frames``); the writer joins the
+  small ones of several queued messages into one ``send_all`` and writes big
+  bodies as they are, without copying them;
 * server sockets never block their caller: ``send_nowait``/``publish_nowait``
   drop the whole message for a peer whose queue is full (libzmq's high-water
   mark: ``hwm`` messages, or, for messages bigger than ``hwm_bytes / 1024``,
@@ -31,7 +33,7 @@ import random
 import socket as stdlib_socket
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -39,7 +41,7 @@ from typing import Any, Self
 import trio
 
 from ..errors import RemoteProtocolError
-from .codec import NEED_DATA, Connection, encode_frames
+from .codec import NEED_DATA, PASS_THROUGH_SIZE, Buffer, Connection, encode_frames
 from .events import Cancel, ConnectionClosed, Error, Message, Ping, Pong, Ready, Subscribe
 from .transport import Endpoint, connect, open_listener, parse_url
 
@@ -94,21 +96,22 @@ class Peer:
         self.writing = False
         self.hwm_bytes = hwm_bytes
         self.queued_bytes = 0  # queued or being written
-        self._queue_send, self._queue_receive = trio.open_memory_channel[bytes](hwm)
+        self._queue_send, self._queue_receive = trio.open_memory_channel[list[Buffer]](hwm)
 
     def __repr__(self) -> str:
         return f"<Peer #{self.number} {self.ready.socket_type if self.ready else '?'} id={self.routing_id!r}>"
 
-    def send_nowait(self, data: bytes) -> bool:
-        """Queue encoded bytes; False (and counted) if the queue is full (``hwm``
+    def send_nowait(self, data: list[Buffer]) -> bool:
+        """Queue a message's wire pieces; False (and counted) if the queue is full (``hwm``
         messages, or ``hwm_bytes`` with at least one message queued) or closed.
 
         Small messages (at most ``hwm_bytes / 1024``) are held back by the message
         count only: a status or a print must not be lost because a big display is
         still being written to a client that reads at full speed. Memory per peer
         stays below about twice ``hwm_bytes``."""
-        big = len(data) > self.hwm_bytes >> 10
-        if big and self.queued_bytes and self.queued_bytes + len(data) > self.hwm_bytes:
+        size = _wire_size(data)
+        big = size > self.hwm_bytes >> 10
+        if big and self.queued_bytes and self.queued_bytes + size > self.hwm_bytes:
             self.dropped += 1
             return False
         try:
@@ -116,16 +119,17 @@ class Peer:
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped += 1
             return False
-        self.queued_bytes += len(data)
+        self.queued_bytes += size
         return True
 
-    async def send(self, data: bytes) -> None:
-        """Queue encoded bytes, waiting for room (client sockets)."""
-        self.queued_bytes += len(data)
+    async def send(self, data: list[Buffer]) -> None:
+        """Queue a message's wire pieces, waiting for room (client sockets)."""
+        size = _wire_size(data)
+        self.queued_bytes += size
         try:
             await self._queue_send.send(data)
         except BaseException:
-            self.queued_bytes -= len(data)
+            self.queued_bytes -= size
             raise
 
     def subscribed(self, topic: bytes) -> bool:
@@ -138,17 +142,18 @@ class Peer:
         # The single writer of this stream; batches what is already queued.
         with self._queue_receive:
             async for data in self._queue_receive:
-                batch = [data]
-                size = len(data)
+                batch = list(data)
+                size = _wire_size(data)
                 while size < BATCH_BYTES:
                     try:
                         more = self._queue_receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):  # closed: the peer is gone
                         break
-                    batch.append(more)
-                    size += len(more)
+                    batch += more
+                    size += _wire_size(more)
                 self.writing = True
-                await self.stream.send_all(data if len(batch) == 1 else b"".join(batch))
+                for piece in _coalesce(batch):
+                    await self.stream.send_all(piece)
                 self.writing = False
                 self.queued_bytes -= size
 
@@ -158,6 +163,27 @@ class Peer:
 
     def close_queue(self) -> None:
         self._queue_send.close()
+
+
+def _wire_size(pieces: list[Buffer]) -> int:
+    return sum(len(piece) for piece in pieces)
+
+
+def _coalesce(pieces: list[Buffer]) -> list[Buffer]:
+    """Runs of small pieces joined (one write each), big ones kept as they are."""
+    out: list[Buffer] = []
+    run: list[Buffer] = []
+    for piece in pieces:
+        if len(piece) < PASS_THROUGH_SIZE:
+            run.append(piece)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else b"".join(run))
+            run = []
+        out.append(piece)
+    if run:
+        out.append(run[0] if len(run) == 1 else b"".join(run))
+    return out
 
 
 def _unread(conn: Connection) -> int:
@@ -411,7 +437,7 @@ class _Socket:
             elif isinstance(event, Message):
                 await self._on_message(peer, event.frames)
             elif isinstance(event, Ping):
-                peer.send_nowait(conn.send(Pong(event.context)))
+                peer.send_nowait([conn.send(Pong(event.context))])
             elif isinstance(event, Subscribe):
                 self._on_subscribe(peer, event.topic)
             elif isinstance(event, Cancel):
@@ -496,9 +522,9 @@ class RouterSocket(_Socket):
         frames.insert(0, peer.routing_id)
         await self._incoming_send.send(frames)
 
-    def send_nowait(self, frames: list[bytes]) -> bool:
+    def send_nowait(self, frames: Sequence[Buffer]) -> bool:
         """Route ``frames[1:]`` to the peer named by ``frames[0]``; False if dropped."""
-        peer = self._routes.get(frames[0])
+        peer = self._routes.get(bytes(frames[0]))
         if peer is None:
             self._dropped += 1
             return False
@@ -556,10 +582,10 @@ class PubSocket(_Socket):
     async def _on_message(self, peer: Peer, frames: list[bytes]) -> None:
         pass  # data to a publisher means nothing (subscriptions are decoded by the codec)
 
-    def publish_nowait(self, frames: list[bytes], *, to: Peer | None = None) -> int:
+    def publish_nowait(self, frames: Sequence[Buffer], *, to: Peer | None = None) -> int:
         """Queue ``frames`` for matching subscribers (or only ``to``); returns how many."""
-        topic = frames[0]
-        data: bytes | None = None
+        topic = bytes(frames[0])
+        data: list[Buffer] | None = None
         delivered = 0
         for peer in [to] if to is not None else self.peers:
             if peer.subscribed(topic):
@@ -583,12 +609,12 @@ class RepSocket(_Socket):
             return
         await self._incoming_send.send(((peer, frames[:split]), frames[split:]))
 
-    def send_nowait(self, reply_to: tuple[Peer, list[bytes]], body: list[bytes]) -> bool:
+    def send_nowait(self, reply_to: tuple[Peer, list[bytes]], body: Sequence[Buffer]) -> bool:
         peer, envelope = reply_to
         if peer not in self.peers:
             self._dropped += 1
             return False
-        return peer.send_nowait(encode_frames(envelope + body))
+        return peer.send_nowait(encode_frames([*envelope, *body]))
 
 
 class _ClientSocket(_Socket):
@@ -598,7 +624,7 @@ class _ClientSocket(_Socket):
         super().__init__(**kwargs)
         self._turn = 0
 
-    async def _send_frames(self, frames: list[bytes]) -> None:
+    async def _send_frames(self, frames: Sequence[Buffer]) -> None:
         if not self.peers:
             raise trio.BrokenResourceError(f"{self.socket_type}: no connected peer")
         self._turn = (self._turn + 1) % len(self.peers)
@@ -608,7 +634,7 @@ class _ClientSocket(_Socket):
 class DealerSocket(_ClientSocket):
     socket_type = "DEALER"
 
-    async def send(self, frames: list[bytes]) -> None:
+    async def send(self, frames: Sequence[Buffer]) -> None:
         await self._send_frames(frames)
 
 
@@ -617,7 +643,7 @@ class ReqSocket(_ClientSocket):
 
     socket_type = "REQ"
 
-    async def send(self, frames: list[bytes]) -> None:
+    async def send(self, frames: Sequence[Buffer]) -> None:
         await self._send_frames([b"", *frames])
 
     async def _on_message(self, peer: Peer, frames: list[bytes]) -> None:
@@ -640,7 +666,7 @@ class SubSocket(_ClientSocket):
     async def subscribe(self, topic: bytes = b"") -> None:
         self._topics[topic] += 1
         for peer in list(self.peers):
-            await peer.send(peer.conn.send(Subscribe(topic)))
+            await peer.send([peer.conn.send(Subscribe(topic))])
 
     async def unsubscribe(self, topic: bytes) -> None:
         if not self._topics[topic]:
@@ -649,12 +675,12 @@ class SubSocket(_ClientSocket):
         if not self._topics[topic]:
             del self._topics[topic]
         for peer in list(self.peers):
-            await peer.send(peer.conn.send(Cancel(topic)))
+            await peer.send([peer.conn.send(Cancel(topic))])
 
     def _attach(self, peer: Peer) -> None:
         for topic, count in self._topics.items():
             for _ in range(count):
-                peer.send_nowait(peer.conn.send(Subscribe(topic)))
+                peer.send_nowait([peer.conn.send(Subscribe(topic))])
 
     async def _on_message(self, peer: Peer, frames: list[bytes]) -> None:
         topic = frames[0]
