@@ -182,6 +182,71 @@ def test_arbitrary_chunking(sent: list[Frame], data: st.DataObject) -> None:
     assert received == sent
 
 
+@given(st.lists(frames, max_size=5), st.integers(4, 120), st.data())
+def test_direct_reads_with_arbitrary_chunking(
+    sent: list[Frame], direct_read_size: int, data: st.DataObject
+) -> None:
+    # Big frames are read into their final buffer; each chunk goes there (as readv
+    # would put it) when the decoder offers a target, else through receive_data.
+    stream = b"".join(wire(f) for f in sent)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    decoder = FrameDecoder(direct_read_size=direct_read_size)
+    received = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        chunk = stream[start:end]
+        while chunk:
+            target = decoder.read_target()
+            if target is not None and data.draw(st.booleans()):
+                count = min(len(chunk), len(target))
+                target[:count] = chunk[:count]
+                decoder.target_filled(count)
+                chunk = chunk[count:]
+            else:
+                decoder.receive_data(chunk)
+                chunk = b""
+            received += decode_all(decoder)
+    decoder.receive_data(b"")
+    assert decoder.next_frame() is CLOSED
+    assert received == sent
+
+
+def test_direct_read_of_a_big_frame() -> None:
+    frame = Frame(OUTPUT, {"msg_type": "display_data"}, (b"a" * 3_000_000, b"", b"b" * 10))
+    stream = wire(frame)
+    decoder = FrameDecoder()
+    decoder.receive_data(stream[:100_000])  # the head and the start of the buffers
+    assert decoder.next_frame() is NEED_DATA
+    target = decoder.read_target()
+    assert target is not None and len(target) == len(stream) - 100_000
+    target[:] = stream[100_000:]
+    decoder.target_filled(len(target))
+    assert decoder.read_target() is None
+    assert decoder.next_frame() == frame
+    with pytest.raises(LocalProtocolError):
+        decoder.target_filled(1)  # no frame in progress
+
+
+def test_stream_ending_inside_a_direct_read() -> None:
+    decoder = FrameDecoder(direct_read_size=10)
+    decoder.receive_data(wire(Frame(OUTPUT, {}, (b"x" * 100,)))[:-1])
+    assert decoder.next_frame() is NEED_DATA
+    decoder.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="middle of a frame"):
+        decoder.next_frame()
+
+
+@given(st.binary(max_size=200), st.integers(4, 64))
+def test_hostile_bytes_never_crash_direct(data: bytes, direct_read_size: int) -> None:
+    decoder = FrameDecoder(max_frame_size=1000, direct_read_size=direct_read_size)
+    try:
+        decoder.receive_data(data)
+        decode_all(decoder)
+        decoder.receive_data(b"")
+        decode_all(decoder)
+    except RemoteProtocolError:
+        pass
+
+
 @given(st.binary(max_size=200))
 def test_hostile_bytes_never_crash(data: bytes) -> None:
     decoder = FrameDecoder(max_frame_size=1000)

@@ -615,10 +615,18 @@ class SubprocessEvaluator:
         while True:
             frame = decoder.next_frame()
             if frame is NEED_DATA:
-                try:
-                    data = await child.from_child.receive_some(FRAME_PIPE_SIZE)
-                except trio.BrokenResourceError:
+                target = decoder.read_target()
+                if target is not None:  # a big output: read it where it will stay
+                    count = await _read_into(child.from_child, target)
+                    if count:
+                        decoder.target_filled(count)
+                        continue
                     data = b""
+                else:
+                    try:
+                        data = await child.from_child.receive_some(FRAME_PIPE_SIZE)
+                    except trio.BrokenResourceError:
+                        data = b""
                 decoder.receive_data(data)
                 continue
             if not isinstance(frame, Frame):
@@ -795,3 +803,16 @@ class SubprocessEvaluator:
         if isinstance(count, int):
             self._count = max(self._count, count)
         return reply
+
+
+async def _read_into(stream: trio.lowlevel.FdStream, target: memoryview) -> int:
+    """``receive_some`` into ``target`` (FdStream has no receive_into); 0 at EOF."""
+    fd = stream.fileno()
+    await trio.lowlevel.checkpoint()
+    while True:
+        try:
+            return os.readv(fd, [target])
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+        except OSError:  # EBADF/EIO: the pipe is gone, as receive_some's BrokenResourceError
+            return 0

@@ -46,11 +46,12 @@ before the cell's reply (see ``trikernel.bridge``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..zmtp._buffer import ReceiveBuffer
@@ -176,23 +177,50 @@ def _byte_view(buffer: Buffer) -> Buffer:
     return view.cast("B") if view.c_contiguous else view.tobytes()
 
 
+# A frame at least this big is read straight into its final buffer (``read_target``).
+DIRECT_READ_SIZE = 1 << 20
+
+
+@dataclass
+class _Direct:
+    """A big frame whose head is parsed and whose buffers are being filled."""
+
+    kind: str
+    body: dict[str, Any]
+    lengths: list[int]
+    data: bytearray
+    filled: int = 0
+
+
 class FrameDecoder:
     """Incremental decoder: ``receive_data`` bytes, then ``next_frame`` until NEED_DATA.
 
     The bytes are kept in the ZMTP codec's ``ReceiveBuffer`` (received chunks, not
     one growing array), and a frame is taken apart in place: its head and each of
-    its buffers are consumed separately, so every byte is copied at most once, and
-    a 50 MB display payload is not copied three times on its way through. A frame's
-    announced size is checked against ``max_frame_size`` as soon as its first four
-    bytes are in, so an oversized frame is refused without being buffered. After a
-    ``RemoteProtocolError`` the decoder stays broken and raises it again.
+    its buffers are consumed separately, so every byte is copied at most once. A
+    frame's announced size is checked against ``max_frame_size`` as soon as its
+    first four bytes are in, so an oversized frame is refused without being
+    buffered. After a ``RemoteProtocolError`` the decoder stays broken and raises
+    it again.
+
+    A frame of ``direct_read_size`` bytes or more gets one buffer for all its
+    buffers as soon as its head is in; ``read_target()`` is then where the I/O
+    layer may read the rest directly (and report it with ``target_filled``), so
+    a 50 MB display payload is copied once from the pipe and never joined.
+    ``receive_data`` works all the same.
     """
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        direct_read_size: int = DIRECT_READ_SIZE,
+    ) -> None:
         self.max_frame_size = max_frame_size
+        self.direct_read_size = direct_read_size
         self._buffer = ReceiveBuffer()
         self._eof = False
         self._error: RemoteProtocolError | None = None
+        self._direct: _Direct | None = None
 
     def receive_data(self, data: bytes) -> None:
         """Buffer ``data``; ``b""`` marks the end of the stream."""
@@ -205,8 +233,31 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
+        direct = self._direct
+        if direct is not None:  # the frame in progress takes what it still lacks
+            taken = min(len(data), len(direct.data) - direct.filled)
+            direct.data[direct.filled : direct.filled + taken] = memoryview(data)[:taken]
+            direct.filled += taken
+            data = data[taken:]
+            if not data:
+                return
         self._buffer.append(data)
-        self._check_size()
+        if direct is None:
+            self._check_size()
+
+    def read_target(self) -> memoryview | None:
+        """The unfilled rest of a big frame's buffers, to read into directly; else None."""
+        direct = self._direct
+        if direct is None or self._error is not None or direct.filled == len(direct.data):
+            return None
+        return memoryview(direct.data)[direct.filled :]
+
+    def target_filled(self, count: int) -> None:
+        """``count`` bytes were read into the start of ``read_target()``."""
+        direct = self._direct
+        if direct is None or not 0 <= count <= len(direct.data) - direct.filled:
+            raise LocalProtocolError(f"target_filled({count}) without that much room")
+        direct.filled += count
 
     def next_frame(self) -> Frame | _Sentinel:
         """Return the next complete ``Frame``, ``NEED_DATA`` or ``CLOSED``.
@@ -217,17 +268,29 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
-        available = len(self._buffer)
-        size = self._check_size()
-        if size is None or available < 4 + size:
-            if not self._eof:
-                return NEED_DATA
-            if available == 0:
-                return CLOSED
-            self._fail("the stream ended in the middle of a frame")
-        assert size is not None
-        self._buffer.skip(4)
-        return self._parse(size)
+        if self._direct is None:
+            available = len(self._buffer)
+            size = self._check_size()
+            if size is not None and available >= 4 + size:
+                self._buffer.skip(4)
+                kind, body, lengths = self._parse_head(size)
+                return Frame(kind, body, tuple(self._buffer.consume(n) for n in lengths))
+            if size is not None and size >= self.direct_read_size:
+                self._start_direct(size)
+        direct = self._direct
+        if direct is not None and direct.filled == len(direct.data):
+            self._direct = None
+            view = memoryview(direct.data)
+            offsets = itertools.accumulate(direct.lengths, initial=0)
+            buffers = tuple(
+                view[start : start + n] for start, n in zip(offsets, direct.lengths, strict=False)
+            )
+            return Frame(direct.kind, direct.body, buffers)
+        if not self._eof:
+            return NEED_DATA
+        if direct is None and not self._buffer:
+            return CLOSED
+        self._fail("the stream ended in the middle of a frame")
 
     def _check_size(self) -> int | None:
         if len(self._buffer) < 4:
@@ -237,7 +300,25 @@ class FrameDecoder:
             self._fail(f"frame size {size} outside 4..{self.max_frame_size}")
         return size
 
-    def _parse(self, size: int) -> Frame:
+    def _start_direct(self, size: int) -> None:
+        # Once the head is in: parse it, and move the buffered start of the buffers over.
+        buf = self._buffer
+        if len(buf) < 8:
+            return
+        head_size = int.from_bytes(buf.peek(8)[4:], "big")
+        if 4 + head_size <= size and len(buf) < 8 + head_size:
+            return  # (a head that cannot fit fails in _parse_head at once)
+        buf.skip(4)
+        kind, body, lengths = self._parse_head(size)
+        direct = _Direct(kind, body, lengths, bytearray(sum(lengths)))
+        filled = min(len(buf), len(direct.data))
+        direct.data[:filled] = buf.consume(filled)
+        direct.filled = filled
+        self._direct = direct
+
+    def _parse_head(self, size: int) -> tuple[str, dict[str, Any], list[int]]:
+        """Consume and check the head of a frame of ``size`` bytes (its size prefix
+        is consumed, the head is buffered)."""
         buf = self._buffer
         try:
             head_size = int.from_bytes(buf.consume(4), "big")
@@ -251,14 +332,14 @@ class FrameDecoder:
                 raise ValueError("bad buffer length")
             if 4 + head_size + sum(lengths) != size:
                 raise ValueError("buffer lengths do not add up to the frame size")
-            buffers = tuple(buf.consume(n) for n in lengths)
         except (ValueError, KeyError, TypeError) as exc:
             self._fail(f"malformed frame: {exc}")
-        return Frame(kind, body, buffers)
+        return kind, body, lengths
 
-    def _fail(self, msg: str) -> Any:
+    def _fail(self, msg: str) -> NoReturn:
         self._error = RemoteProtocolError(msg, hint=None)
         self._buffer = ReceiveBuffer()
+        self._direct = None
         raise self._error
 
 

@@ -104,4 +104,3 @@ def _widen_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, FRAME_PIPE_SIZE)
     except (AttributeError, OSError):  # not Linux, or over the user's pipe quota
         pass
-
