@@ -59,6 +59,22 @@ async def test_error(evaluator: SubprocessEvaluator, recorder: Recorder) -> None
     assert error == {k: reply[k] for k in ("ename", "evalue", "traceback")}
 
 
+async def test_cells_are_named_like_ipykernels(
+    evaluator: SubprocessEvaluator, recorder: Recorder
+) -> None:
+    # A .py path that is never written; the source lives in linecache, so
+    # inspect.getsource works and tracebacks say "Cell In[n]", as under ipykernel.
+    code = "def f():\n    return 1/0\nimport inspect, os\n"
+    code += "name = f.__code__.co_filename\n"
+    code += "print(name.endswith('.py'), os.path.exists(name), inspect.getsource(f).split()[1])"
+    assert (await run(evaluator, code))["status"] == "ok"
+    assert recorder.text() == "True False f():\n"
+    reply = await run(evaluator, "f()")
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))
+    assert "Cell In[2], line 1" in plain and "Cell In[1], line 2, in f()" in plain
+    assert "----> 2     return 1/0" in plain
+
+
 async def test_syntax_error(evaluator: SubprocessEvaluator) -> None:
     reply = await run(evaluator, "1 +")
     assert reply["status"] == "error" and reply["ename"] == "SyntaxError"

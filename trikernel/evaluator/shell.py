@@ -26,11 +26,13 @@ import builtins
 import codecs
 import datetime
 import getpass
+import hashlib
 import importlib.util
 import io
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -42,6 +44,7 @@ import comm
 import comm.base_comm
 import trio
 from IPython.core import ultratb
+from IPython.core.compilerop import CachingCompiler
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
@@ -389,9 +392,25 @@ def _contains_group(exc: BaseException | None) -> bool:
     return False
 
 
+class CellCompiler(CachingCompiler):
+    """Names cells as ipykernel does: a ``.py`` path in a per-process temp dir that is
+    never written (IPython keeps the source in linecache). Warnings and tools made
+    for ipykernel see the names they expect, and IPython renders cell frames in
+    tracebacks without stack_data, as under ipykernel: stack_data compiles pygments'
+    Python lexer anew for every traceback, about 8 ms of every interrupt."""
+
+    def get_code_name(self, raw_code: str, transformed_code: str, number: int) -> str:
+        digest = hashlib.sha1(transformed_code.encode("utf-8", "surrogatepass")).hexdigest()
+        return os.path.join(CELL_DIR, f"{number}-{digest[:12]}.py")
+
+
+CELL_DIR = os.path.join(tempfile.gettempdir(), f"trikernel_{os.getpid()}")
+
+
 class KernelShell(InteractiveShell):
     """InteractiveShell whose outputs, errors, input() and payloads go over the pipe."""
 
+    compiler_class = Type(CellCompiler)
     displayhook_class = Type(KernelDisplayHook)
     display_pub_class = Type(KernelDisplayPublisher)
     outbox = AnyTrait()
