@@ -1,10 +1,11 @@
 """The evaluator in depth, through the real kernel process and jupyter_client.
 
 Rich output (display, IPython.display classes, display ids, clear_output,
-execute_result counts, matplotlib inline), comms and ipywidgets in both directions,
-completion/inspection/history/is_complete, top-level await on the persistent trio
-loop (background tasks across cells and interrupts), asyncio cells, and robustness
-(a failing formatter, a 5 MB payload, an evaluator crash).
+execute_result counts, matplotlib inline), comms and ipywidgets in both directions
+(the Output widget's capture included), completion/inspection/history/is_complete,
+top-level await on the persistent trio loop (background tasks across cells and
+interrupts), asyncio cells, and robustness (a failing formatter, a 5 MB payload, an
+evaluator crash).
 
 Two kernels per module: ``shared`` for tests that leave nothing running, ``lively``
 for background tasks, interrupts and the crash (run in file order; each test sets
