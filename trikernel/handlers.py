@@ -96,7 +96,7 @@ async def execute(ctx: KernelContext, msg: Message) -> dict[str, Any]:
         )
     evaluator = await ctx.get_evaluator()
     reply = await evaluator.execute(
-        content, request_input=ctx.input_callback(msg), parent=parent_of(msg)
+        content, request_input=ctx.input_callback(msg), parent=_parent_of(msg)
     )
     count = reply.get("execution_count")
     if isinstance(count, int):
@@ -111,11 +111,11 @@ async def _forward(ctx: KernelContext, msg: Message) -> dict[str, Any]:
 
 async def comm(ctx: KernelContext, msg: Message) -> None:
     evaluator = await ctx.get_evaluator()
-    await evaluator.send_comm(msg.msg_type, msg.content, msg.buffers, parent=parent_of(msg))
+    await evaluator.send_comm(msg.msg_type, msg.content, msg.buffers, parent=_parent_of(msg))
     return None
 
 
-def parent_of(msg: Message) -> dict[str, Any]:
+def _parent_of(msg: Message) -> dict[str, Any]:
     """What the evaluator needs to know of the request it carries out (see the
     ``parent`` of ``trikernel.evaluator.protocol``)."""
     return {"header": msg.header, "parent_header": msg.parent_header, "metadata": msg.metadata}
