@@ -115,7 +115,11 @@ class Evaluator(Protocol):
     """What the kernel needs from an evaluator (see ``SubprocessEvaluator``)."""
 
     async def execute(
-        self, content: dict[str, Any], *, request_input: InputCallback | None
+        self,
+        content: dict[str, Any],
+        *,
+        request_input: InputCallback | None,
+        parent: dict[str, Any] | None = None,
     ) -> dict[str, Any]: ...
 
     def interrupt(self) -> None: ...
@@ -123,7 +127,12 @@ class Evaluator(Protocol):
     async def request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]: ...
 
     async def send_comm(
-        self, msg_type: str, content: dict[str, Any], buffers: Sequence[Buffer]
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: Sequence[Buffer],
+        *,
+        parent: dict[str, Any] | None = None,
     ) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -369,13 +378,18 @@ class SubprocessEvaluator:
         await self._live_child()
 
     async def execute(
-        self, content: dict[str, Any], *, request_input: InputCallback | None
+        self,
+        content: dict[str, Any],
+        *,
+        request_input: InputCallback | None,
+        parent: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Run one cell; return the execute_reply content.
 
         Every output of the cell has been awaited through ``on_output`` when this
         returns. ``interrupt()`` (or cancelling the caller) stops the cell; see the
-        module docstring for the escalation.
+        module docstring for the escalation. ``parent`` is the header, parent_header
+        and metadata of the execute_request (see ``evaluator.protocol``).
         """
         async with self._execute_lock:
             scope = self._cell_scope = trio.CancelScope()
@@ -393,6 +407,8 @@ class SubprocessEvaluator:
             waiter = _CellWaiter(next(self._ids), self._count + 1, store)
             allow_stdin = bool(content.get("allow_stdin", False)) and request_input is not None
             body = {"id": waiter.id, "content": content, "allow_stdin": allow_stdin}
+            if parent is not None:
+                body["parent"] = parent
             child.cell = waiter
             scope = self._cell_scope = trio.CancelScope()
             try:
@@ -444,16 +460,24 @@ class SubprocessEvaluator:
         return call.content
 
     async def send_comm(
-        self, msg_type: str, content: dict[str, Any], buffers: Sequence[Buffer]
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: Sequence[Buffer],
+        *,
+        parent: dict[str, Any] | None = None,
     ) -> None:
         """Deliver a frontend comm_open/comm_msg/comm_close (dropped if the evaluator is dead).
 
         Returns once the evaluator's comm handlers have run: what they output has
         gone through ``on_output`` by then (so the kernel attributes it to the comm
-        message, not to whatever request comes next).
+        message, not to whatever request comes next). ``parent``: the message's
+        header, parent_header and metadata; the handlers see them as ipykernel's do.
         """
         call_id = next(self._ids)
-        body = {"msg_type": msg_type, "content": content, "metadata": {}, "id": call_id}
+        body: dict[str, Any] = {"msg_type": msg_type, "content": content, "id": call_id}
+        if parent is not None:
+            body["parent"] = parent
         try:
             child = await self._live_child()
         except EvaluatorDied:

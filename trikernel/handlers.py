@@ -96,7 +96,9 @@ async def execute(ctx: KernelContext, msg: Message) -> dict[str, Any]:
             msg,
         )
     evaluator = await ctx.get_evaluator()
-    reply = await evaluator.execute(content, request_input=ctx.input_callback(msg))
+    reply = await evaluator.execute(
+        content, request_input=ctx.input_callback(msg), parent=_parent_of(msg)
+    )
     count = reply.get("execution_count")
     if isinstance(count, int):
         ctx.execution_count = count
@@ -110,8 +112,14 @@ async def _forward(ctx: KernelContext, msg: Message) -> dict[str, Any]:
 
 async def comm(ctx: KernelContext, msg: Message) -> None:
     evaluator = await ctx.get_evaluator()
-    await evaluator.send_comm(msg.msg_type, msg.content, msg.buffers)
+    await evaluator.send_comm(msg.msg_type, msg.content, msg.buffers, parent=_parent_of(msg))
     return None
+
+
+def _parent_of(msg: Message) -> dict[str, Any]:
+    """What the evaluator needs to know of the request it carries out (see the
+    ``parent`` of ``trikernel.evaluator.protocol``)."""
+    return {"header": msg.header, "parent_header": msg.parent_header, "metadata": msg.metadata}
 
 
 async def shutdown(ctx: KernelContext, msg: Message) -> dict[str, Any]:

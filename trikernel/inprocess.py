@@ -415,7 +415,11 @@ class InProcessEvaluator:
     # ---- execute -----------------------------------------------------------
 
     async def execute(
-        self, content: dict[str, Any], *, request_input: InputCallback | None
+        self,
+        content: dict[str, Any],
+        *,
+        request_input: InputCallback | None,
+        parent: dict[str, Any] | None = None,  # unused: no widgets in-process
     ) -> dict[str, Any]:
         code = str(content.get("code", ""))
         silent = bool(content.get("silent", False))
@@ -763,7 +767,12 @@ class InProcessEvaluator:
         return {"status": "ok", "comms": {}}
 
     async def send_comm(
-        self, msg_type: str, content: dict[str, Any], buffers: Sequence[Buffer]
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: Sequence[Buffer],
+        *,
+        parent: dict[str, Any] | None = None,
     ) -> None:
         # No comm targets in-process (no widgets): refuse an open as ipykernel does for
         # an unknown target, so the frontend does not wait for it.

@@ -69,12 +69,30 @@ def execute_content(code: str, **overrides: Any) -> dict[str, Any]:
     return content
 
 
+def request_parent(msg_id: str, msg_type: str, **metadata: Any) -> dict[str, Any]:
+    """The ``parent`` the kernel passes along with a request (see evaluator.protocol)."""
+    header = {
+        "msg_id": msg_id,
+        "msg_type": msg_type,
+        "session": "session-1",
+        "username": "tester",
+        "date": "2025-01-02T03:04:05.000000Z",
+        "version": "5.4",
+    }
+    return {"header": header, "parent_header": {}, "metadata": metadata}
+
+
 async def run(
-    evaluator: SubprocessEvaluator, code: str, *, request_input: Any = None, **overrides: Any
+    evaluator: SubprocessEvaluator,
+    code: str,
+    *,
+    request_input: Any = None,
+    parent: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     with trio.fail_after(TIMEOUT):
         return await evaluator.execute(
-            execute_content(code, **overrides), request_input=request_input
+            execute_content(code, **overrides), request_input=request_input, parent=parent
         )
 
 

@@ -6,7 +6,7 @@ import trio
 
 from trikernel.bridge import SubprocessEvaluator
 
-from .conftest import TIMEOUT, Recorder, run
+from .conftest import TIMEOUT, Recorder, request_parent, run
 
 
 async def request(evaluator: SubprocessEvaluator, msg_type: str, **content: object) -> dict:
@@ -130,3 +130,55 @@ async def test_ipywidgets(evaluator: SubprocessEvaluator, recorder: Recorder) ->
     recorder.clear()
     await run(evaluator, "w.value")
     assert recorder.of_type("execute_result")[0]["data"]["text/plain"] == "7"
+
+
+async def test_the_running_cell_sees_its_request(
+    evaluator: SubprocessEvaluator, recorder: Recorder
+) -> None:
+    code = (
+        "k = get_ipython().kernel\n"
+        "p = k.get_parent()\n"
+        "(p['header']['msg_id'], p['msg_type'], p['header']['session'], p['metadata'],"
+        " p['content']['code'][:2], k._parent_header is p, k.get_parent('control'))"
+    )
+    parent = request_parent("cell-1", "execute_request", cellId="c-1")
+    assert (await run(evaluator, code, parent=parent))["status"] == "ok"
+    (result,) = recorder.of_type("execute_result")
+    expected = "('cell-1', 'execute_request', 'session-1', {'cellId': 'c-1'}, 'k ', True, {})"
+    assert result["data"]["text/plain"] == expected
+    recorder.clear()
+    # a request the bridge was not told about: no parent for user code to rely on
+    await run(evaluator, "get_ipython().kernel.get_parent()['header']")
+    assert recorder.of_type("execute_result")[0]["data"]["text/plain"] == "{}"
+
+
+async def test_comm_handlers_see_the_frontends_message(
+    evaluator: SubprocessEvaluator, recorder: Recorder
+) -> None:
+    code = (
+        "import comm\n"
+        "seen = []\n"
+        "def note(msg):\n"
+        "    latest = get_ipython().kernel.get_parent()['header']['msg_id']\n"
+        "    seen.append((msg['header']['msg_id'], msg['metadata'], latest))\n"
+        "def target(c, msg):\n"
+        "    note(msg)\n"
+        "    c.on_msg(note)\n"
+        "comm.get_comm_manager().register_target('meta', target)\n"
+    )
+    await run(evaluator, code)
+    opened = {"comm_id": "m1", "target_name": "meta", "data": {}}
+    with trio.fail_after(TIMEOUT):
+        await evaluator.send_comm(
+            "comm_open", opened, [], parent=request_parent("open-1", "comm_open", version="2.1.0")
+        )
+        await evaluator.send_comm(
+            "comm_msg",
+            {"comm_id": "m1", "data": {}},
+            [],
+            parent=request_parent("msg-2", "comm_msg", tag=[1]),
+        )
+    recorder.clear()
+    await run(evaluator, "seen")
+    expected = [("open-1", {"version": "2.1.0"}, "open-1"), ("msg-2", {"tag": [1]}, "msg-2")]
+    assert recorder.of_type("execute_result")[0]["data"]["text/plain"] == repr(expected)

@@ -20,7 +20,9 @@ class FakeEvaluator:
         self.count = 0
         self._scope: trio.CancelScope | None = None
 
-    async def execute(self, content: dict[str, Any], *, request_input: Any) -> dict[str, Any]:
+    async def execute(
+        self, content: dict[str, Any], *, request_input: Any, parent: Any = None
+    ) -> dict[str, Any]:
         if content.get("store_history", True) and not content.get("silent"):
             self.count += 1
         results: dict[str, Any] = {
@@ -79,7 +81,14 @@ class FakeEvaluator:
             }
         return {"status": "ok"}
 
-    async def send_comm(self, msg_type: str, content: dict[str, Any], buffers: list[bytes]) -> None:
+    async def send_comm(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: list[bytes],
+        *,
+        parent: dict[str, Any] | None = None,
+    ) -> None:
         pass
 
     async def aclose(self) -> None:

@@ -1,10 +1,11 @@
 """The evaluator in depth, through the real kernel process and jupyter_client.
 
 Rich output (display, IPython.display classes, display ids, clear_output,
-execute_result counts, matplotlib inline), comms and ipywidgets in both directions,
-completion/inspection/history/is_complete, top-level await on the persistent trio
-loop (background tasks across cells and interrupts), asyncio cells, and robustness
-(a failing formatter, a 5 MB payload, an evaluator crash).
+execute_result counts, matplotlib inline), comms and ipywidgets in both directions
+(the Output widget's capture included), completion/inspection/history/is_complete,
+top-level await on the persistent trio loop (background tasks across cells and
+interrupts), asyncio cells, and robustness (a failing formatter, a 5 MB payload, an
+evaluator crash).
 
 Two kernels per module: ``shared`` for tests that leave nothing running, ``lively``
 for background tasks, interrupts and the crash (run in file order; each test sets
@@ -102,9 +103,16 @@ class Kernel:
         msg_id = getattr(self.kc, method)(*args, **kwargs)
         return self.shell_reply(msg_id)["content"]
 
-    def send_shell(self, msg_type: str, content: dict, buffers: list[bytes] | None = None) -> str:
-        """A message only a frontend sends (comm_open/msg/close); returns its msg_id."""
-        msg = self.kc.session.msg(msg_type, content)
+    def send_shell(
+        self,
+        msg_type: str,
+        content: dict,
+        buffers: list[bytes] | None = None,
+        metadata: dict | None = None,
+    ) -> str:
+        """A message as a frontend sends it (comm_open/msg/close, with metadata);
+        returns its msg_id."""
+        msg = self.kc.session.msg(msg_type, content, metadata=metadata)
         if buffers:
             msg["buffers"] = buffers
         self.kc.shell_channel.send(msg)
@@ -385,6 +393,129 @@ def test_malformed_comm_message_keeps_the_namespace(shared: Kernel) -> None:
     assert shared.value("kept_across_bad_comm") == "'yes'"
 
 
+def test_comm_metadata_and_header_reach_the_handlers(shared: Kernel) -> None:
+    shared.ok(
+        "import comm\n"
+        "met = []\n"
+        "def note(msg):\n"
+        "    met.append((msg['header']['msg_id'], msg['header']['msg_type'], msg['metadata']))\n"
+        "def on_open(c, msg):\n"
+        "    note(msg)\n"
+        "    c.on_msg(note)\n"
+        "comm.get_comm_manager().register_target('with-metadata', on_open)"
+    )
+    comm_id = uuid.uuid4().hex
+    opened = shared.send_shell(
+        "comm_open",
+        {"comm_id": comm_id, "target_name": "with-metadata", "data": {}},
+        metadata={"version": "2.1.0"},
+    )
+    shared.outputs_until_idle(opened)
+    sent = shared.send_shell(
+        "comm_msg", {"comm_id": comm_id, "data": {}}, metadata={"tag": ["a", 1]}
+    )
+    shared.outputs_until_idle(sent)
+    expected = [
+        (opened, "comm_open", {"version": "2.1.0"}),
+        (sent, "comm_msg", {"tag": ["a", 1]}),
+    ]
+    assert stdout(shared.ok("print(met)")) == f"{expected!r}\n"
+
+
+def test_a_cell_sees_its_request_as_the_kernels_parent(shared: Kernel) -> None:
+    code = (
+        "p = get_ipython().kernel.get_parent()\n"
+        "print(p['header']['msg_id'], p['header']['session'], p['metadata']['cellId'])"
+    )
+    content = {"code": code, "silent": False, "store_history": True}
+    msg_id = shared.send_shell("execute_request", content, metadata={"cellId": "cell-7"})
+    outputs = shared.outputs_until_idle(msg_id)
+    assert stdout(outputs) == f"{msg_id} {shared.kc.session.session} cell-7\n"
+
+
+def _output_widget(kernel: Kernel, name: str) -> str:
+    """Create and display ipywidgets.Output as ``name``; its comm_id."""
+    outputs = kernel.ok(f"import ipywidgets\n{name} = ipywidgets.Output()\ndisplay({name})")
+    (model,) = (
+        m["content"]
+        for m in outputs
+        if m["msg_type"] == "comm_open"
+        and m["content"]["data"]["state"]["_model_name"] == "OutputModel"
+    )
+    return str(model["comm_id"])
+
+
+def _capture_trace(outputs: list[dict], comm_id: str) -> list[tuple[str, Any]]:
+    """What a frontend's Output widget acts on: its msg_id changes, and outputs."""
+    trace: list[tuple[str, Any]] = []
+    for m in outputs:
+        content = m["content"]
+        if m["msg_type"] == "comm_msg" and content["comm_id"] == comm_id:
+            state = content["data"].get("state", {})
+            if "msg_id" in state:
+                trace.append(("msg_id", state["msg_id"]))
+        elif m["msg_type"] == "stream":
+            trace.append(("stream", content["text"]))
+        elif m["msg_type"] in ("display_data", "clear_output", "error"):
+            trace.append((m["msg_type"], m["parent_header"]["msg_id"]))
+    return trace
+
+
+def test_output_widget_captures_a_later_cell(shared: Kernel) -> None:
+    comm_id = _output_widget(shared, "out")
+    msg_id = shared.kc.execute(
+        "from IPython.display import HTML\n"
+        "with out:\n"
+        "    print('captured')\n"
+        "    display(HTML('<b>captured</b>'))\n"
+        "print('not captured')"
+    )
+    outputs = shared.outputs_until_idle(msg_id)  # all of them with this parent
+    assert _capture_trace(outputs, comm_id) == [
+        ("msg_id", msg_id),
+        ("stream", "captured\n"),
+        ("display_data", msg_id),
+        ("msg_id", ""),
+        ("stream", "not captured\n"),
+    ]
+    # an exception inside: shown (in the widget), the cell goes on, as with ipykernel
+    msg_id = shared.kc.execute("with out:\n    1 / 0\nprint('went on')")
+    reply, outputs = shared.finish(msg_id)
+    assert reply["status"] == "ok"
+    assert _capture_trace(outputs, comm_id) == [
+        ("msg_id", msg_id),
+        ("error", msg_id),
+        ("msg_id", ""),
+        ("stream", "went on\n"),
+    ]
+
+
+def test_output_widget_capture_in_a_button_callback(shared: Kernel) -> None:
+    comm_id = _output_widget(shared, "log")
+    outputs = shared.ok(
+        "button = ipywidgets.Button(description='go')\n"
+        "@log.capture(clear_output=True)\n"
+        "def clicked(b):\n"
+        "    print('clicked')\n"
+        "button.on_click(clicked)\n"
+        "display(button)"
+    )
+    (view,) = of_type(outputs, "display_data")
+    button_id = view["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+    click = {"method": "custom", "content": {"event": "click"}}
+    msg_id = shared.send_shell("comm_msg", {"comm_id": button_id, "data": click})
+    trace = _capture_trace(shared.outputs_until_idle(msg_id), comm_id)
+    # clear_output(), then the callback, each inside `with log:` (the comm message's id)
+    assert trace == [
+        ("msg_id", msg_id),
+        ("clear_output", msg_id),
+        ("msg_id", ""),
+        ("msg_id", msg_id),
+        ("stream", "clicked\n"),
+        ("msg_id", ""),
+    ]
+
+
 # ---------------------------------------------------------------------------
 # 3. completion, inspection, history, is_complete
 
@@ -515,6 +646,32 @@ def test_sync_loop_in_trios_code_is_interrupted_fast(lively: Kernel) -> None:
     assert reply["ename"] == "KeyboardInterrupt", reply
     assert elapsed < 1.5
     assert lively.value("kept") == "'namespace'"
+
+
+def test_output_widget_in_a_background_task_follows_the_latest_request(lively: Kernel) -> None:
+    comm_id = _output_widget(lively, "bg_out")
+    lively.ok(
+        "go = trio.Event()\n"
+        "async def later():\n"
+        "    await go.wait()\n"
+        "    await trio.sleep(0.2)\n"
+        "    with bg_out:\n"
+        "        print('late')\n"
+        "background.start_soon(later)"
+    )
+    msg_id = lively.kc.execute("go.set()")  # done before the task prints
+    seen = lively.wait_for_output(
+        msg_id, lambda m: _capture_trace([m], comm_id) == [("msg_id", "")]
+    )
+    # the kernel attributes the task's output to the latest request, and the widget
+    # captures that request's outputs: the two agree (the ticker of an earlier test
+    # may still print)
+    trace = [e for e in _capture_trace(seen, comm_id) if not str(e[1]).startswith("tick ")]
+    assert trace == [
+        ("msg_id", msg_id),
+        ("stream", "late\n"),
+        ("msg_id", ""),
+    ]
 
 
 def test_failing_background_task_is_shown_and_the_kernel_goes_on(lively: Kernel) -> None:

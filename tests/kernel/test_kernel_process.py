@@ -191,6 +191,21 @@ def test_nbclient_runs_a_notebook() -> None:
     assert error[0]["ename"] == "ValueError"
 
 
+def test_nbclient_captures_into_an_output_widget() -> None:
+    # nbclient implements the frontend side of ipywidgets' Output: while the widget's
+    # msg_id is set, outputs of that request go into the widget (and are synced back).
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("import ipywidgets\nout = ipywidgets.Output()\ndisplay(out)"),
+        nbformat.v4.new_code_cell("with out:\n    print('in the widget')\nprint('in the cell')"),
+        nbformat.v4.new_code_cell("print([o['text'] for o in out.outputs])"),
+    ]
+    NotebookClient(nb, kernel_name=KERNEL_NAME, timeout=60).execute()
+    _, captured, synced = (cell.outputs for cell in nb.cells)
+    assert [o["text"] for o in captured] == ["in the cell\n"]
+    assert [o["text"] for o in synced] == ["['in the widget\\n']\n"]
+
+
 def test_jupyter_console_in_a_terminal() -> None:
     child = pexpect.spawn(
         sys.executable,

@@ -45,6 +45,9 @@ ordered pipe, so a background print made while a cell runs arrives among that
 cell's outputs (before its reply), and one made between cells arrives on its
 own (the kernel attributes it, e.g. to the last request). Output of a
 ``silent`` cell is dropped, including background output made while it runs.
+The execute and comm frames name their request (``parent``); the latest one is
+``get_ipython().kernel.get_parent()``, the same request the kernel attributes
+output to, so ipywidgets' ``Output`` captures what it should.
 
 What SIGINT does (our handler replaces trio's, which would deliver it to the
 main task and end the evaluator):
@@ -108,7 +111,7 @@ from .protocol import (
     FrameDecoder,
     sync_marker,
 )
-from .shell import KernelShell, Outbox
+from .shell import KernelShell, Outbox, request_message
 
 __all__ = ["Inbox", "Background", "EvaluatorLoop"]
 
@@ -305,15 +308,18 @@ class EvaluatorLoop:
     # -- frames ------------------------------------------------------------------
     def _dispatch(self, frame: Frame) -> None:
         """Handle one frame; sync, so input() can call it while the loop is blocked."""
+        kernel = self.shell.kernel
         if frame.kind == EXECUTE:
-            self._nursery.start_soon(self._run_cell, frame.body)
+            body = frame.body
+            kernel.latest_request = request_message(body.get("parent"), body["content"])
+            self._nursery.start_soon(self._run_cell, body)
         elif frame.kind == INTERRUPT:
             self._cancel_cell(frame.body["id"], ack=True)
         elif frame.kind == COMM:  # in arrival order, before a later execute
             body = frame.body
-            self.shell.handle_comm(
-                body["msg_type"], body["content"], body.get("metadata", {}), list(frame.buffers)
-            )
+            msg = request_message(body.get("parent"), body["content"], list(frame.buffers))
+            kernel.latest_request = msg
+            self.shell.handle_comm(body["msg_type"], msg)
             if "id" in body:
                 self.outbox.send(Frame(RESPONSE, {"id": body["id"], "content": {}}))
         elif frame.kind == REQUEST:

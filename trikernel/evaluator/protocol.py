@@ -20,14 +20,22 @@ Frame kinds and bodies
 ----------------------
 bridge -> evaluator::
 
-    execute      {"id": int, "content": execute_request content, "allow_stdin": bool}
+    execute      {"id": int, "content": execute_request content, "allow_stdin": bool,
+                  "parent"?: parent}
     interrupt    {"id": int}                       cancel cell ``id`` if it still runs
     request      {"id": int, "msg_type": str, "content": {...}}   complete, inspect, ...
     input_reply  {"value": str}  or  {"error": str}
-    comm         {"msg_type": str, "content": {...}, "metadata": {...}, "id"?: int}  + buffers
+    comm         {"msg_type": str, "content": {...}, "parent"?: parent, "id"?: int}  + buffers
                  with an id, answered by ``response {"id": id, "content": {}}`` once
                  the comm handlers ran (their outputs come first, in pipe order)
     shutdown     {}
+
+    parent       {"header": {...}, "parent_header": {...}, "metadata": {...}}
+                 of the Jupyter request the frame carries out: the kernel attributes
+                 output to the latest execute or comm request, and the evaluator
+                 shows that same request to user code (``get_ipython().kernel
+                 .get_parent()``, which ipywidgets' ``Output`` needs) and passes the
+                 metadata to comm handlers
 
 evaluator -> bridge::
 

@@ -58,7 +58,15 @@ from traitlets import Type
 from .aio import AsyncioThread, exec_code, uses_asyncio
 from .protocol import OUTPUT, Buffer, Frame, encode_frame
 
-__all__ = ["Outbox", "StreamWriter", "KernelShell", "create_shell", "StdinHandler"]
+__all__ = [
+    "Outbox",
+    "StreamWriter",
+    "KernelShell",
+    "KernelFacade",
+    "create_shell",
+    "request_message",
+    "StdinHandler",
+]
 
 StdinHandler = Callable[[str, bool], str]
 
@@ -336,6 +344,51 @@ def install_comms(outbox: Outbox) -> comm.base_comm.CommManager:
     comm.create_comm = PipeComm
     comm.get_comm_manager = lambda: manager
     return manager
+
+
+# ---------------------------------------------------------------------------
+# the request being carried out
+
+
+def request_message(
+    parent: dict[str, Any] | None, content: dict[str, Any], buffers: list[Buffer] | None = None
+) -> dict[str, Any]:
+    """A frame's request as the message dict ipykernel hands around (an empty header
+    if the frame names no request)."""
+    parent = parent or {}
+    header = parent.get("header") or {}
+    return {
+        "header": header,
+        "msg_id": header.get("msg_id", ""),
+        "msg_type": header.get("msg_type", ""),
+        "parent_header": parent.get("parent_header") or {},
+        "metadata": parent.get("metadata") or {},
+        "content": content,
+        "buffers": buffers or [],
+    }
+
+
+class KernelFacade:
+    """``get_ipython().kernel``: the part of ipykernel's Kernel that libraries use.
+
+    ipywidgets' ``Output`` sets its ``msg_id`` from ``get_parent()`` so that the
+    frontend captures the outputs of that request. The kernel process attributes
+    every output to the latest execute or comm request (a background task's too),
+    so ``latest_request`` is that same request: set from each execute and comm
+    frame, in arrival order.
+    """
+
+    def __init__(self, comm_manager: comm.base_comm.CommManager) -> None:
+        self.comm_manager = comm_manager
+        self.latest_request: dict[str, Any] = {}
+
+    def get_parent(self, channel: str | None = None) -> dict[str, Any]:
+        # Control requests (interrupt, shutdown) never reach the evaluator.
+        return self.latest_request if channel in (None, "shell") else {}
+
+    @property
+    def _parent_header(self) -> dict[str, Any]:
+        return self.get_parent()  # ipykernel < 6 (and ipywidgets' fallback)
 
 
 # ---------------------------------------------------------------------------
@@ -815,10 +868,10 @@ class KernelShell(InteractiveShell):
 
     # -- frontend comm messages ----------------------------------------------------------
     comm_manager: comm.base_comm.CommManager
+    kernel: KernelFacade
 
-    def handle_comm(
-        self, msg_type: str, content: dict, metadata: dict, buffers: list[Buffer]
-    ) -> None:
+    def handle_comm(self, msg_type: str, msg: dict[str, Any]) -> None:
+        """Run the handlers of a frontend comm message (``msg`` from ``request_message``)."""
         handler = {
             "comm_open": self.comm_manager.comm_open,
             "comm_msg": self.comm_manager.comm_msg,
@@ -826,13 +879,6 @@ class KernelShell(InteractiveShell):
         }.get(msg_type)
         if handler is None:
             return
-        msg = {
-            "header": {"msg_type": msg_type},
-            "parent_header": {},
-            "content": content,
-            "metadata": metadata,
-            "buffers": buffers,
-        }
         try:
             handler(None, None, msg)  # type: ignore[arg-type]
         except Exception as exc:  # a malformed message (no comm_id ...) must not end us
@@ -859,6 +905,7 @@ def create_shell(outbox: Outbox, *, execution_count: int = 1) -> KernelShell:
     # for a nested get_ipython().run_cell() of an await cell, which cannot work here.
     shell.loop_runner = _nested_await_runner
     shell.comm_manager = install_comms(outbox)
+    shell.kernel = KernelFacade(shell.comm_manager)
     builtins.input = shell.kernel_input
     getpass.getpass = shell.kernel_getpass
     return shell
