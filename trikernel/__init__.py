@@ -7,10 +7,10 @@ application, ``Kernel`` for the standalone kernel, ``__version__``.
 from typing import TYPE_CHECKING
 
 from ._version import __version__ as __version__
-from .connection import ConnectionInfo as ConnectionInfo
 from .errors import TrikernelError as TrikernelError
 
 if TYPE_CHECKING:
+    from .connection import ConnectionInfo as ConnectionInfo
     from .embed import open_kernel as open_kernel
     from .embed import serve_kernel as serve_kernel
     from .kernel import Kernel as Kernel
@@ -27,7 +27,12 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     # Lazy: the evaluator subprocess imports this package and must not pay for the
-    # kernel's modules.
+    # kernel's modules, and ``python -m trikernel`` binds its ports before it
+    # imports more than it needs for that.
+    if name == "ConnectionInfo":
+        from .connection import ConnectionInfo
+
+        return ConnectionInfo
     if name in ("open_kernel", "serve_kernel"):
         from . import embed
 

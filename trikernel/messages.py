@@ -24,10 +24,12 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trikernel.errors import LocalProtocolError, RemoteProtocolError
-from trikernel.zmtp.codec import Buffer
+
+if TYPE_CHECKING:
+    from trikernel.zmtp.codec import Buffer
 
 __all__ = [
     "DELIMITER",
