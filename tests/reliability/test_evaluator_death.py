@@ -118,6 +118,34 @@ def test_death_inside_the_cell(
     check_survived(kernel, kc, baseline, old)
 
 
+# The evaluator dies 3 MB into a 50 MB output frame: the kernel has started reading
+# it straight into its final buffer (FrameDecoder.read_target) when the pipe ends.
+DIES_MID_FRAME = """\
+import json, os, struct
+args = open("/proc/self/cmdline", "rb").read().split(b"\\0")
+fd = int(next(a for a in args if a.startswith(b"--out-fd=")).split(b"=")[1])
+body = {"msg_type": "display_data", "metadata": {}, "packed": True}
+head = json.dumps({"kind": "output", "body": body, "buffers": [50_000_000]}).encode()
+os.write(fd, struct.pack(">II", 4 + len(head) + 50_000_000, len(head)) + head)
+os.write(fd, b"x" * 3_000_000)
+os._exit(7)
+"""
+
+
+def test_death_in_the_middle_of_a_big_output(
+    kernel: KernelProcess, kc: BlockingKernelClient, baseline: dict[str, Any]
+) -> None:
+    old = evaluator_pid(kc)
+    run(kc, "before_death = 1")
+    reply, outputs = run_until_death(kc, DIES_MID_FRAME)
+    content = reply["content"]
+    assert content["ename"] == "EvaluatorDied"
+    assert "the stream ended in the middle of a frame" in content["evalue"], content["evalue"]
+    assert "namespace was reset" in stream_text(outputs, "stderr")
+    assert not [m for m in outputs if m["msg_type"] == "display_data"]  # nothing half-sent
+    check_survived(kernel, kc, baseline, old)
+
+
 @pytest.mark.parametrize("oom", [False, True], ids=["kill-9", "oom-like-kill-9"])
 def test_sigkill_from_outside_while_running(
     kernel: KernelProcess, kc: BlockingKernelClient, baseline: dict[str, Any], oom: bool
