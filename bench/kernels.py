@@ -643,6 +643,47 @@ def finalize_interrupt(samples: Samples) -> dict[str, Any]:
     return out
 
 
+# A C loop that holds the GIL and never looks at signals: KeyboardInterrupt cannot reach it.
+GIL_CALL = "sum(range(10**11))"
+GIL_TIMEOUT = 10.0  # trikernel's default grace period is 3 s
+
+
+def round_interrupt_gil(k: Kernel, cfg: Config) -> Samples:
+    """Interrupt a C call that holds the GIL. trikernel replaces its evaluator after the grace
+    period (the namespace is lost, and the reply says so); a kernel that can only raise
+    KeyboardInterrupt does not answer until the call ends. The kernel is discarded after."""
+    k.execute("_bench_marker = 42")
+    cell = k.send(GIL_CALL)
+    # Not wait_running(): ipykernel's iopub thread needs the GIL, so while the call runs
+    # not even its busy status or execute_input goes out.
+    time.sleep(1.0)
+    start = perf()
+    k.km.interrupt_kernel()
+    try:
+        k.finish(cell, start - cell.sent + GIL_TIMEOUT, need_idle=False, allow_error=True)
+    except StepError:
+        if not k.alive():
+            raise
+        seen = sorted({m["msg_type"] for _, m in cell.iopub})
+        return {"runs": [{"seconds": None, "iopub_seen": seen}]}
+    content = cell.reply["content"]  # type: ignore[index]
+    after = k.execute("print(_bench_marker)", allow_error=True)
+    run = {
+        "seconds": cell.reply_at - start,  # type: ignore[operator]
+        "ename": content.get("ename"),
+        "evalue": content.get("evalue"),
+        "namespace_kept": after.stdout().strip() == "42",
+    }
+    return {"runs": [run]}
+
+
+def finalize_interrupt_gil(samples: Samples) -> dict[str, Any]:
+    runs = samples["runs"]
+    stopped = [r["seconds"] for r in runs if r["seconds"] is not None]
+    value: Any = median(stopped) if stopped else {"text": f"no reply in {GIL_TIMEOUT:g} s"}
+    return {"interrupt_gil_s": value, "interrupt_gil_runs": runs}
+
+
 # 6: heartbeat while busy --------------------------------------------------------------------
 
 
@@ -913,6 +954,14 @@ def main_steps() -> list[Step]:
             finalize_interrupt,
         ),
         Step("heartbeat", HB_KEYS, round_heartbeat, lambda c: c.hb_rounds, finalize_heartbeat),
+        Step(
+            "interrupt_gil",
+            ("interrupt_gil_s",),
+            round_interrupt_gil,
+            one,
+            finalize_interrupt_gil,
+            consumes=True,
+        ),
     ]
 
 
@@ -1071,6 +1120,7 @@ ROWS: list[tuple[str, str, str, tuple[str, float] | None]] = [
     ("10 MB comm buffer -> arrival", "comm10mb_s", "s", None),
     ("interrupt time.sleep(100) -> reply", "interrupt_sleep_s", "s", ("ratio", 1.0)),
     ("interrupt while True: pass -> reply", "interrupt_spin_s", "s", ("ratio", 1.0)),
+    ("interrupt of a C call holding the GIL", "interrupt_gil_s", "s", None),
     ("heartbeat, Python spin: p50", "hb_spin_p50_s", "s", None),
     ("heartbeat, Python spin: p99", "hb_spin_p99_s", "s", ("abs", 0.010)),
     ("heartbeat, Python spin: max", "hb_spin_max_s", "s", None),
@@ -1089,6 +1139,8 @@ ROWS: list[tuple[str, str, str, tuple[str, float] | None]] = [
 
 def fmt_value(value: Any, kind: str) -> str:
     if isinstance(value, dict):
+        if "text" in value:
+            return str(value["text"])
         return "n/a" if "na" in value else "error"
     if kind == "s":
         return fmt_seconds(value)
