@@ -1297,7 +1297,8 @@ def byte_compile_trikernel() -> str:
         spec = importlib.util.find_spec("trikernel")
         assert spec is not None and spec.origin is not None, "trikernel is not installed"
         root = Path(spec.origin).parent
-    compileall.compile_dir(str(root), quiet=1)
+    if not compileall.compile_dir(str(root), quiet=1):
+        raise SystemExit(f"could not byte-compile {root}")
     return str(root)
 
 

@@ -39,7 +39,7 @@ def test_buffers_are_written_as_they_are() -> None:
     big = bytearray(b"x" * 100_000)
     floats = memoryview(bytearray(16)).cast("d")  # 2 items, 16 bytes
     pieces = encode_frame(Frame(OUTPUT, {"msg_type": "display_data"}, (big, floats)))
-    assert pieces[1] is big  # not copied
+    assert isinstance(pieces[1], memoryview) and pieces[1].obj is big  # not copied
     assert [len(p) for p in pieces[1:]] == [100_000, 16]  # bytes, not items
     decoder = FrameDecoder()
     decoder.receive_data(b"".join(pieces))
@@ -262,3 +262,24 @@ def test_lone_surrogates_survive_the_pipe() -> None:
     decoder = FrameDecoder()
     decoder.receive_data(wire(frame))
     assert decoder.next_frame() == frame
+
+
+def test_buffers_come_out_as_memoryviews_whatever_the_size() -> None:
+    small = Frame("comm", {}, (b"ab",))
+    big = Frame("comm", {}, (b"x" * 2000,))
+    decoder = FrameDecoder(direct_read_size=1000)
+    decoder.receive_data(wire(small) + wire(big))
+    frames = decode_all(decoder)
+    assert frames == [small, big]
+    assert all(isinstance(b, memoryview) for f in frames for b in f.buffers)
+
+
+def test_no_read_target_after_an_error() -> None:
+    decoder = FrameDecoder(direct_read_size=10)
+    head = b'{"kind":"nonsense","body":{},"buffers":[100]}'
+    decoder.receive_data(struct.pack(">II", 4 + len(head) + 100, len(head)) + head)
+    with pytest.raises(RemoteProtocolError, match="malformed"):
+        decoder.next_frame()
+    assert decoder.read_target() is None
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_frame()

@@ -25,6 +25,10 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
 def __getattr__(name: str) -> object:
     # Lazy: the evaluator subprocess imports this package and must not pay for the
     # kernel's modules, and ``python -m trikernel`` binds its ports before it

@@ -91,7 +91,7 @@ from .evaluator.protocol import (
     encode_frame,
     sync_marker,
 )
-from .evaluator.spawn import FRAME_PIPE_SIZE, Spawned, spawn_evaluator
+from .evaluator.spawn import Spawned, spawn_evaluator
 
 __all__ = [
     "OutputCallback",
@@ -101,10 +101,13 @@ __all__ = [
     "open_subprocess_evaluator",
 ]
 
-# content is a dict, or bytes: JSON the evaluator already encoded for the wire.
+# content is a dict, or bytes-like: JSON the evaluator already encoded for the wire.
 OutputCallback = Callable[[str, dict[str, Any] | Buffer, list[Buffer]], Awaitable[None]]
 InputCallback = Callable[[str, bool], Awaitable[str]]
 
+# Small frames are read 64 KiB at a time (os.read allocates the size asked for; big
+# frames are read into their own buffer instead, see FrameDecoder.read_target).
+READ_SIZE = 1 << 16
 ACK_TIMEOUT = 0.0  # SIGINT at once: the evaluator's handler also cancels an awaiting cell
 FD_SYNC_TIMEOUT = 2.0  # how long a reply waits for the fd 1/2 markers
 STARTUP_TIMEOUT = 60.0
@@ -648,7 +651,7 @@ class SubprocessEvaluator:
                     data = b""
                 else:
                     try:
-                        data = await child.from_child.receive_some(FRAME_PIPE_SIZE)
+                        data = await child.from_child.receive_some(READ_SIZE)
                     except trio.BrokenResourceError:
                         data = b""
                 decoder.receive_data(data)

@@ -199,7 +199,10 @@ class Kernel:
         buffers: list[Buffer] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        """Queue one iopub message; the iopub writer sends them in order."""
+        """Queue one iopub message; the iopub writer sends them in order.
+
+        Big content and buffers are sent without a copy, after this returns: they
+        must not change until then (as with zmq's zero-copy sends)."""
         await self._iopub_send.send(
             self._iopub_frames(msg_type, content, parent, buffers, metadata)
         )
@@ -212,7 +215,7 @@ class Kernel:
         buffers: list[Buffer] | None,
         metadata: dict[str, Any] | None,
     ) -> list[Buffer]:
-        # bytes content: wire JSON the evaluator encoded; forwarded, not re-encoded.
+        # bytes-like content: wire JSON the evaluator encoded; forwarded, not re-encoded.
         packed = None if isinstance(content, dict) else content
         if msg_type == "stream":
             name = content.get("name", "stdout") if isinstance(content, dict) else "stdout"

@@ -24,12 +24,10 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trikernel.errors import LocalProtocolError, RemoteProtocolError
-
-if TYPE_CHECKING:
-    from trikernel.zmtp.codec import Buffer
+from trikernel.zmtp._buffer import Buffer
 
 __all__ = [
     "DELIMITER",

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from trikernel.bridge import SubprocessEvaluator, open_subprocess_evaluator
+from trikernel.zmtp.codec import Buffer
 
 TIMEOUT = 30
 
@@ -25,15 +26,15 @@ class Recorder:
     """The bridge's on_output: keeps every message, in order, and wakes waiters."""
 
     def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any], list[bytes]]] = []
+        self.messages: list[tuple[str, dict[str, Any], list[Buffer]]] = []
         self.times: list[float] = []
         self._changed = trio.Event()
 
     async def __call__(
-        self, msg_type: str, content: dict[str, Any] | bytes, buffers: list[bytes]
+        self, msg_type: str, content: dict[str, Any] | Buffer, buffers: list[Buffer]
     ) -> None:
-        if isinstance(content, bytes):  # wire JSON, packed by the evaluator
-            content = json.loads(content)
+        if not isinstance(content, dict):  # wire JSON, packed by the evaluator
+            content = json.loads(bytes(content))
         assert isinstance(content, dict)
         self.messages.append((msg_type, content, buffers))
         self.times.append(trio.current_time())

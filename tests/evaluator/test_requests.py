@@ -97,7 +97,9 @@ async def test_comm_from_frontend(evaluator: SubprocessEvaluator, recorder: Reco
         "got = []\n"
         "def target(c, msg):\n"
         "    got.append(msg['content']['data'])\n"
-        "    c.on_msg(lambda m: (got.append((m['content']['data'], m['buffers'])), c.send('echo')))\n"
+        # buffers arrive as memoryviews, as ipykernel hands them
+        "    bufs = lambda m: [type(b).__name__ + ':' + bytes(b).decode() for b in m['buffers']]\n"
+        "    c.on_msg(lambda m: (got.append((m['content']['data'], bufs(m))), c.send('echo')))\n"
         "comm.get_comm_manager().register_target('t2', target)\n"
     )
     await run(evaluator, code)
@@ -109,7 +111,7 @@ async def test_comm_from_frontend(evaluator: SubprocessEvaluator, recorder: Reco
     recorder.clear()
     await run(evaluator, "got")
     text = recorder.of_type("execute_result")[0]["data"]["text/plain"]
-    assert text == "[{'hello': 1}, ({'x': 2}, [b'buf'])]"
+    assert text == "[{'hello': 1}, ({'x': 2}, ['memoryview:buf'])]"
     # unknown target: the comm is closed back
     await evaluator.send_comm("comm_open", {"comm_id": "z", "target_name": "nope", "data": {}}, [])
     await recorder.wait_for(lambda: bool(recorder.of_type("comm_close")))

@@ -237,7 +237,8 @@ def test_encode_frames_passes_big_bodies_through_uncopied() -> None:
     pieces = encode_frames(frames)
     # header+topic+header | big | header+sig+header | big: the bodies are the same objects
     assert [len(p) for p in pieces] == [2 + 5 + 9, len(big), 2 + 3 + 9, len(big)]
-    assert pieces[1] is frames[1] and pieces[3] is frames[3]
+    assert isinstance(pieces[1], memoryview) and pieces[1].obj is frames[1]  # a view
+    assert isinstance(pieces[3], memoryview) and pieces[3].obj is big
     wire_bytes = b"".join(pieces)
     assert feed(handshaken("DEALER", "ROUTER"), wire_bytes) == [Message([bytes(f) for f in frames])]
 
@@ -866,3 +867,28 @@ def test_message_frame_before_ready_is_refused_from_its_header() -> None:
     conn.receive_data(b"\x02" + (1 << 40).to_bytes(8, "big"))  # header of a 1 TiB frame
     with pytest.raises(RemoteProtocolError, match="before READY"):
         conn.next_event()
+
+
+def test_byte_view_counts_bytes_and_copies_only_when_it_must() -> None:
+    import numpy as np
+
+    from trikernel.zmtp._buffer import byte_view
+
+    data = b"abc"
+    assert byte_view(data) is data
+    grown = bytearray(b"xyz")
+    view = byte_view(grown)
+    assert isinstance(view, memoryview) and view == b"xyz"
+    with pytest.raises(BufferError):  # exported: another thread cannot resize it now
+        grown.extend(b"!")
+    floats = np.arange(4, dtype="float64")
+    assert len(byte_view(memoryview(floats))) == 32 == len(byte_view(floats))
+    assert byte_view(np.zeros((0, 3))) == b""  # cast() refuses zero shapes
+    strided = np.arange(10, dtype="uint8")[::2]
+    assert byte_view(strided) == bytes([0, 2, 4, 6, 8])
+
+
+def test_encode_frames_sizes_a_wide_memoryview_in_bytes() -> None:
+    floats = memoryview(bytearray(range(16))).cast("d")  # 2 items, 16 bytes
+    wire_bytes = b"".join(bytes(p) for p in encode_frames([b"t", floats]))
+    assert feed(handshaken("DEALER", "ROUTER"), wire_bytes) == [Message([b"t", bytes(range(16))])]

@@ -729,3 +729,25 @@ def test_writer_joins_small_pieces_and_passes_big_ones_through() -> None:
     assert out == [b"ab", big, b"c", big, b"de"]
     assert out[1] is big and out[3] is big  # not copied
     assert _coalesce([b"only"]) == [b"only"]
+
+
+async def test_writer_keeps_order_of_big_and_small_messages() -> None:
+    from trikernel.zmtp.codec import PASS_THROUGH_SIZE, Connection, encode_frames
+    from trikernel.zmtp.sockets import Peer
+
+    ours, theirs = trio.testing.memory_stream_pair()
+    peer = Peer(1, ours, Connection("XPUB"), hwm=100)
+    big = bytearray(b"B" * (3 * PASS_THROUGH_SIZE))
+    messages = [[b"a"], [bytes(big)], [b"b", b"c"], [big, b"tail"], [b"z"]]
+    expected = b"".join(bytes(p) for m in messages for p in encode_frames(m))
+    for m in messages:
+        assert peer.send_nowait(encode_frames(m))
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.write_loop)
+        with trio.fail_after(5):
+            while len(received) < len(expected):
+                received += await theirs.receive_some()
+        peer.close_queue()
+    assert received == expected
+    assert peer.queued_bytes == 0 and peer.flushed

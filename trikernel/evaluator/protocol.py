@@ -62,8 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ..zmtp._buffer import ReceiveBuffer
-from ..zmtp.codec import Buffer
+from ..zmtp._buffer import Buffer, ReceiveBuffer, byte_view
 
 __all__ = [
     "sync_marker",
@@ -162,7 +161,7 @@ def encode_frame(
     """
     if frame.kind not in KINDS:
         raise LocalProtocolError(f"unknown frame kind {frame.kind!r}")
-    buffers = [_byte_view(b) for b in frame.buffers]
+    buffers = [byte_view(b) for b in frame.buffers]
     head = {"kind": frame.kind, "body": frame.body, "buffers": [len(b) for b in buffers]}
     try:
         head_bytes = json.dumps(
@@ -174,15 +173,6 @@ def encode_frame(
     if size > max_frame_size:
         raise LocalProtocolError(f"frame of {size} bytes exceeds the limit of {max_frame_size}")
     return [_U32.pack(size) + _U32.pack(len(head_bytes)) + head_bytes, *buffers]
-
-
-def _byte_view(buffer: Buffer) -> Buffer:
-    """``buffer`` as bytes-like whose len() counts bytes (a memoryview of floats
-    counts items); copied only if it is not contiguous."""
-    if isinstance(buffer, bytes | bytearray):
-        return buffer
-    view = memoryview(buffer)
-    return view.cast("B") if view.c_contiguous else view.tobytes()
 
 
 # A frame at least this big is read straight into its final buffer (``read_target``).
@@ -212,10 +202,11 @@ class FrameDecoder:
     it again.
 
     A frame of ``direct_read_size`` bytes or more gets one buffer for all its
-    buffers as soon as its head is in; ``read_target()`` is then where the I/O
-    layer may read the rest directly (and report it with ``target_filled``), so
-    a 50 MB display payload is copied once from the pipe and never joined.
-    ``receive_data`` works all the same.
+    buffers as soon as its head is in (what was already received is copied over);
+    ``read_target()`` is then where the I/O layer may read the rest directly (and
+    report it with ``target_filled``), so a 50 MB display payload is copied once
+    from the pipe and never joined. ``receive_data`` works all the same. Buffers
+    come out as memoryviews, whatever the frame's size (as ipykernel hands them).
     """
 
     def __init__(
@@ -282,7 +273,8 @@ class FrameDecoder:
             if size is not None and available >= 4 + size:
                 self._buffer.skip(4)
                 kind, body, lengths = self._parse_head(size)
-                return Frame(kind, body, tuple(self._buffer.consume(n) for n in lengths))
+                buffers = tuple(memoryview(self._buffer.consume(n)) for n in lengths)
+                return Frame(kind, body, buffers)
             if size is not None and size >= self.direct_read_size:
                 self._start_direct(size)
         direct = self._direct

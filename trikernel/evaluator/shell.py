@@ -25,6 +25,7 @@ import bdb
 import builtins
 import codecs
 import datetime
+import functools
 import getpass
 import hashlib
 import importlib.util
@@ -454,10 +455,16 @@ class CellCompiler(CachingCompiler):
 
     def get_code_name(self, raw_code: str, transformed_code: str, number: int) -> str:
         digest = hashlib.sha1(transformed_code.encode("utf-8", "surrogatepass")).hexdigest()
-        return os.path.join(CELL_DIR, f"{number}-{digest[:12]}.py")
+        return os.path.join(_cell_dir(), f"{number}-{digest[:12]}.py")
 
 
-CELL_DIR = os.path.join(tempfile.gettempdir(), f"trikernel_{os.getpid()}")
+@functools.cache
+def _cell_dir() -> str:
+    try:
+        temp = tempfile.gettempdir()
+    except OSError:  # no writable temp dir: the name is never written anyway
+        temp = "/tmp"
+    return os.path.join(temp, f"trikernel_{os.getpid()}")
 
 
 class KernelShell(InteractiveShell):

@@ -16,7 +16,24 @@ from __future__ import annotations
 
 from collections import deque
 
+#: bytes-like that frames and wire pieces may be (bytes, or a view of a big buffer)
+Buffer = bytes | bytearray | memoryview
+
 _MERGE_BELOW = 4096  # chunks smaller than this are merged into a small tail
+
+
+def byte_view(buffer: Buffer) -> bytes | memoryview:
+    """``buffer`` as bytes-like whose ``len()`` counts bytes (a memoryview of floats
+    counts items), without copying it unless it is not contiguous. A bytearray comes
+    back as a view, which keeps other threads from resizing it while it is written."""
+    if type(buffer) is bytes:
+        return buffer
+    view = memoryview(buffer)
+    if view.nbytes == 0:
+        return b""  # cast() refuses zeros in a shape, e.g. an empty 2-d array
+    if not view.c_contiguous:
+        return view.tobytes()
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 class ReceiveBuffer:

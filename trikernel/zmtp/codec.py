@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from enum import Enum, auto
 
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ._buffer import ReceiveBuffer
+from ._buffer import Buffer, ReceiveBuffer, byte_view
 from .events import (
     Cancel,
     ConnectionClosed,
@@ -129,9 +129,6 @@ def _frame(flags: int, body: bytes) -> bytes:
 # display is then not copied on its way to the socket.
 PASS_THROUGH_SIZE = 1 << 16
 
-#: bytes-like that frames and wire pieces may be (bytes, or a view of a big buffer)
-Buffer = bytes | bytearray | memoryview
-
 
 def encode_frames(frames: Sequence[Buffer]) -> list[Buffer]:
     """Wire bytes of a multipart message, as pieces to write in order.
@@ -146,6 +143,8 @@ def encode_frames(frames: Sequence[Buffer]) -> list[Buffer]:
     small: list[Buffer] = []
     last = len(frames) - 1
     for i, body in enumerate(frames):
+        if type(body) is not bytes:
+            body = byte_view(body)  # len() must count bytes, and the writer sends it as is
         small.append(_header(_MORE if i < last else 0, len(body)))
         if len(body) < PASS_THROUGH_SIZE:
             small.append(body)
