@@ -10,6 +10,10 @@ and then copied out again.
 
 Small chunks are merged into a small tail chunk, so a peer that trickles single
 bytes cannot make the deque hold millions of tiny objects.
+
+Also here, because the kernel needs them before it imports anything heavy: the
+``Buffer`` type of frames and wire pieces, and ``byte_view``, which makes any of
+them safe to measure with ``len()`` and to write without a copy.
 """
 
 from __future__ import annotations
