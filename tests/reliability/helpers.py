@@ -211,6 +211,42 @@ def run(
     return reply, outputs
 
 
+def iopub_until(
+    kc: BlockingKernelClient,
+    done: Callable[[dict[str, Any]], bool],
+    msg_id: str | None = None,
+    outputs: list[dict[str, Any]] | None = None,
+    timeout: float = TIMEOUT,
+) -> dict[str, Any]:
+    """Read iopub until ``done(msg)``, which is returned. With ``msg_id``, only that
+    request's messages count, each appended to ``outputs`` if given."""
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg_id is not None and msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if outputs is not None:
+            outputs.append(msg)
+        if done(msg):
+            return msg
+
+
+def is_idle(msg: dict[str, Any]) -> bool:
+    return msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+
+
+def shell_reply(kc: BlockingKernelClient, msg_id: str) -> dict[str, Any]:
+    reply = kc.get_shell_msg(timeout=TIMEOUT)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    return reply
+
+
+def evaluator_pid(kc: BlockingKernelClient) -> int:
+    reply, outputs = run(kc, "import os; print(os.getpid())")
+    assert reply["content"]["status"] == "ok"
+    return int(stream_text(outputs))
+
+
 def stream_text(outputs: list[dict[str, Any]], name: str = "stdout") -> str:
     return "".join(
         m["content"]["text"]

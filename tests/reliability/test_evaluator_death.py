@@ -26,9 +26,13 @@ from .helpers import (
     KernelProcess,
     alive,
     established_peers,
+    evaluator_pid,
+    iopub_until,
+    is_idle,
     result_text,
     rss_kib,
     run,
+    shell_reply,
     stream_text,
 )
 
@@ -42,12 +46,6 @@ def baseline(kernel: KernelProcess, kc: BlockingKernelClient) -> dict[str, Any]:
     peers = {ch: established_peers(kernel.port(ch)) for ch in CONNECTED}
     assert all(len(p) == 1 for p in peers.values()), peers
     return {"pid": kernel.pid, "peers": peers}
-
-
-def evaluator_pid(kc: BlockingKernelClient) -> int:
-    reply, outputs = run(kc, "import os; print(os.getpid())")
-    assert reply["content"]["status"] == "ok"
-    return int(stream_text(outputs))
 
 
 def check_survived(
@@ -76,22 +74,18 @@ def run_until_death(
     """Execute ``code``; if ``kill`` is a pid, SIGKILL it once ``after`` was printed."""
     outputs: list[dict[str, Any]] = []
     msg_id = kc.execute(code)
-    deadline = time.monotonic() + TIMEOUT
-    killed = kill is None
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        outputs.append(msg)
-        if not killed and msg["msg_type"] == "stream" and after and after in msg["content"]["text"]:
-            assert kill is not None
+    if kill is not None:
+        assert after, "kill needs a text to wait for"
+
+        def printed(msg: dict[str, Any]) -> bool:
+            return msg["msg_type"] == "stream" and after in msg["content"]["text"]
+
+        if not is_idle(iopub_until(kc, lambda m: printed(m) or is_idle(m), msg_id, outputs)):
             os.kill(kill, signal.SIGKILL)
-            killed = True
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-    reply = kc.get_shell_msg(timeout=TIMEOUT)
-    assert reply["parent_header"]["msg_id"] == msg_id
-    return reply, outputs
+            iopub_until(kc, is_idle, msg_id, outputs)
+    else:
+        iopub_until(kc, is_idle, msg_id, outputs)
+    return shell_reply(kc, msg_id), outputs
 
 
 CASES = {
@@ -193,11 +187,7 @@ def test_sigkill_while_idle(
     run(kc, "before_death = 1")
     os.kill(old, signal.SIGKILL)
     # The notice goes out on iopub (stderr, parent: the last request) by itself.
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stderr":
-            break
+    msg = iopub_until(kc, lambda m: m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
     assert "while idle" in msg["content"]["text"]
     assert "namespace was reset" in msg["content"]["text"]
     check_survived(kernel, kc, baseline, old)

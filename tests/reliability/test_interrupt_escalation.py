@@ -16,7 +16,18 @@ import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
-from .helpers import TIMEOUT, KernelProcess, alive, assert_serves, run, stream_text
+from .helpers import (
+    TIMEOUT,
+    KernelProcess,
+    alive,
+    assert_serves,
+    evaluator_pid,
+    iopub_until,
+    is_idle,
+    run,
+    shell_reply,
+    stream_text,
+)
 
 GRACE = 1.0  # the fixture's --interrupt-grace
 RESPAWN = 8.0  # generous bound for killing + starting an evaluator on a loaded machine
@@ -34,36 +45,20 @@ def start_cell(kc: BlockingKernelClient, code: str, started: str) -> tuple[str, 
     """Execute ``code`` and return once it printed ``started`` (it is running)."""
     msg_id = kc.execute(code)
     outputs: list[dict[str, Any]] = []
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        outputs.append(msg)
-        if msg["msg_type"] == "stream" and started in msg["content"]["text"]:
-            return msg_id, outputs
+
+    def printed(msg: dict[str, Any]) -> bool:
+        return msg["msg_type"] == "stream" and started in msg["content"]["text"]
+
+    iopub_until(kc, printed, msg_id, outputs)
+    return msg_id, outputs
 
 
 def finish_cell(
     kc: BlockingKernelClient, msg_id: str, outputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The cell's reply, after its ``idle`` (the kernel is idle again)."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        outputs.append(msg)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-    reply = kc.get_shell_msg(timeout=TIMEOUT)
-    assert reply["parent_header"]["msg_id"] == msg_id
-    return dict(reply["content"])
-
-
-def evaluator_pid(kc: BlockingKernelClient) -> int:
-    reply, outputs = run(kc, "import os; print(os.getpid())")
-    return int(stream_text(outputs))
+    iopub_until(kc, is_idle, msg_id, outputs)
+    return dict(shell_reply(kc, msg_id)["content"])
 
 
 STUBBORN = {

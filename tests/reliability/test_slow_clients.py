@@ -19,6 +19,8 @@ from .helpers import (
     TIMEOUT,
     KernelProcess,
     assert_serves,
+    iopub_until,
+    is_idle,
     run,
     stream_text,
 )
@@ -178,15 +180,7 @@ def test_stdin_peer_disconnects_while_input_waits(
     assert time.monotonic() - start < 1.0
     # ...an interrupt ends that cell (its idle reaches every subscriber)...
     interrupt(kc)
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        m = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if (
-            m["parent_header"].get("msg_id") == msg_id
-            and m["msg_type"] == "status"
-            and m["content"]["execution_state"] == "idle"
-        ):
-            break
+    iopub_until(kc, is_idle, msg_id)
     # ...and the kernel serves the others, with the namespace kept.
     assert_serves(kc)
     reply, _ = run(kc, "x")

@@ -722,7 +722,7 @@ def test_small_messages_pass_while_a_big_one_is_in_flight() -> None:
 
 def test_writer_joins_small_pieces_and_passes_big_ones_through() -> None:
     from trikernel.zmtp.codec import PASS_THROUGH_SIZE
-    from trikernel.zmtp.sockets import _coalesce
+    from trikernel.zmtp.codec import coalesce as _coalesce
 
     big = bytearray(PASS_THROUGH_SIZE)
     out = _coalesce([b"a", b"b", big, b"c", big, b"d", b"e"])

@@ -410,10 +410,7 @@ def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
     ):
         kept.append(tb)
         tb = tb.tb_next
-    result = None
-    for entry in reversed(kept):
-        result = types.TracebackType(result, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
-    return result
+    return _chain(kept)
 
 
 def _without_plumbing(tb: types.TracebackType | None) -> types.TracebackType | None:
@@ -428,8 +425,13 @@ def _without_plumbing(tb: types.TracebackType | None) -> types.TracebackType | N
         ):
             kept.append(tb)
         tb = tb.tb_next
+    return _chain(kept)
+
+
+def _chain(entries: list[types.TracebackType]) -> types.TracebackType | None:
+    """A new traceback chain made of ``entries``, in order."""
     result = None
-    for entry in reversed(kept):
+    for entry in reversed(entries):
         result = types.TracebackType(result, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
     return result
 

@@ -57,6 +57,7 @@ __all__ = [
     "NEED_DATA",
     "PASS_THROUGH_SIZE",
     "Buffer",
+    "coalesce",
     "encode_frames",
     "State",
     "VALID_PEERS",
@@ -140,21 +141,31 @@ def encode_frames(frames: Sequence[Buffer]) -> list[Buffer]:
     if not frames:
         raise LocalProtocolError("a message has at least one frame")
     pieces: list[Buffer] = []
-    small: list[Buffer] = []
     last = len(frames) - 1
     for i, body in enumerate(frames):
         if type(body) is not bytes:
             body = byte_view(body)  # len() must count bytes, and the writer sends it as is
-        small.append(_header(_MORE if i < last else 0, len(body)))
-        if len(body) < PASS_THROUGH_SIZE:
-            small.append(body)
-        else:
-            pieces.append(b"".join(small))
-            pieces.append(body)
-            small = []
-    if small:
-        pieces.append(b"".join(small))
-    return pieces
+        pieces.append(_header(_MORE if i < last else 0, len(body)))
+        pieces.append(body)
+    return coalesce(pieces)
+
+
+def coalesce(pieces: list[Buffer]) -> list[Buffer]:
+    """Runs of small pieces joined (one copy, one write each); pieces of
+    ``PASS_THROUGH_SIZE`` bytes or more kept as they are."""
+    out: list[Buffer] = []
+    run: list[Buffer] = []
+    for piece in pieces:
+        if len(piece) < PASS_THROUGH_SIZE:
+            run.append(piece)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else b"".join(run))
+            run = []
+        out.append(piece)
+    if run:
+        out.append(run[0] if len(run) == 1 else b"".join(run))
+    return out
 
 
 def _command(name: bytes, data: bytes = b"") -> bytes:

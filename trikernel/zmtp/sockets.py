@@ -41,7 +41,7 @@ from typing import Any, Self
 import trio
 
 from ..errors import RemoteProtocolError
-from .codec import NEED_DATA, PASS_THROUGH_SIZE, Buffer, Connection, encode_frames
+from .codec import NEED_DATA, Buffer, Connection, coalesce, encode_frames
 from .events import Cancel, ConnectionClosed, Error, Message, Ping, Pong, Ready, Subscribe
 from .transport import Endpoint, connect, open_listener, parse_url
 
@@ -152,7 +152,7 @@ class Peer:
                     batch += more
                     size += _wire_size(more)
                 self.writing = True
-                for piece in _coalesce(batch):
+                for piece in coalesce(batch):
                     await self.stream.send_all(piece)
                 self.writing = False
                 self.queued_bytes -= size
@@ -167,23 +167,6 @@ class Peer:
 
 def _wire_size(pieces: list[Buffer]) -> int:
     return sum(len(piece) for piece in pieces)
-
-
-def _coalesce(pieces: list[Buffer]) -> list[Buffer]:
-    """Runs of small pieces joined (one write each), big ones kept as they are."""
-    out: list[Buffer] = []
-    run: list[Buffer] = []
-    for piece in pieces:
-        if len(piece) < PASS_THROUGH_SIZE:
-            run.append(piece)
-            continue
-        if run:
-            out.append(run[0] if len(run) == 1 else b"".join(run))
-            run = []
-        out.append(piece)
-    if run:
-        out.append(run[0] if len(run) == 1 else b"".join(run))
-    return out
 
 
 def _unread(conn: Connection) -> int:
