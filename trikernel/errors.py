@@ -1,11 +1,20 @@
 """Every exception type trikernel raises.
 
 TrikernelError
-  ProtocolError            -- a protocol was violated
-    LocalProtocolError     -- we (the caller) misused an API
-    RemoteProtocolError    -- the peer broke the protocol; ``hint`` says what to answer
-  ConnectionFileError      -- a connection file is missing, unreadable or invalid
-  EvaluatorDied            -- the evaluator subprocess exited or was killed
+  ProtocolError              -- a protocol was violated
+    LocalProtocolError       -- we (the caller) misused an API
+    RemoteProtocolError      -- the peer broke the protocol; ``hint`` says what to answer
+  ConnectionFileError        -- a connection file is missing, unreadable or invalid
+  EvaluatorDied              -- the evaluator subprocess exited or was killed (``returncode``)
+    EvaluatorRestarted       -- ... by us, after an interrupt it did not obey in time
+  EvaluatorBusy              -- the evaluator refused a request (too many queued)
+  UnknownRequest             -- a request type the evaluator has no handler for
+  BlockingInputError         -- input() in an embedded cell, where it would block the app
+  UnknownSubshellError       -- a request named a subshell that does not exist
+  KernelDied                 -- (client side) the kernel process is gone
+
+Errors that end a request become error replies through ``reply_error`` (an
+``ename`` that is the type's name, so clients see the same vocabulary).
 """
 
 from __future__ import annotations
@@ -17,6 +26,12 @@ __all__ = [
     "RemoteProtocolError",
     "ConnectionFileError",
     "EvaluatorDied",
+    "EvaluatorRestarted",
+    "EvaluatorBusy",
+    "UnknownRequest",
+    "BlockingInputError",
+    "UnknownSubshellError",
+    "KernelDied",
 ]
 
 
@@ -49,8 +64,33 @@ class ConnectionFileError(TrikernelError):
 
 
 class EvaluatorDied(TrikernelError):
-    """The evaluator subprocess exited (``returncode`` as subprocess reports it)."""
+    """The evaluator subprocess exited (``returncode`` as subprocess reports it:
+    negative for a signal; None when it is not known, e.g. it never started)."""
 
     def __init__(self, msg: str, *, returncode: int | None = None) -> None:
         super().__init__(msg)
         self.returncode = returncode
+
+
+class EvaluatorRestarted(EvaluatorDied):
+    """We killed and replaced the evaluator: an interrupted cell did not stop in time."""
+
+
+class EvaluatorBusy(TrikernelError):
+    """The evaluator has too many requests waiting and refused this one."""
+
+
+class UnknownRequest(TrikernelError):
+    """A request type the evaluator has no handler for."""
+
+
+class BlockingInputError(TrikernelError, RuntimeError):
+    """input() was called inside an embedded cell, where it would block the app."""
+
+
+class UnknownSubshellError(TrikernelError):
+    """A request named a subshell id that does not exist."""
+
+
+class KernelDied(TrikernelError):
+    """The kernel process exited while a client was waiting for it."""

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trikernel._bytes import Buffer
 from trikernel.errors import LocalProtocolError, RemoteProtocolError
-from trikernel.zmtp._buffer import Buffer
 
 __all__ = [
     "DELIMITER",

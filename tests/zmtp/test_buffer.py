@@ -1,4 +1,4 @@
-"""Tests of the codec's ReceiveBuffer (trikernel.zmtp._buffer).
+"""Tests of the codec's ReceiveBuffer (trikernel._bytes).
 
 Correctness is checked against a plain ``bytes`` model; the O(N) bound in the
 module docstring (every byte copied at most once on its way out) is checked by
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trikernel.zmtp import _buffer
-from trikernel.zmtp._buffer import ReceiveBuffer
+from trikernel import _bytes as _buffer
+from trikernel._bytes import ReceiveBuffer
 
 from .helpers import examples
 

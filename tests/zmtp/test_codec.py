@@ -872,7 +872,7 @@ def test_message_frame_before_ready_is_refused_from_its_header() -> None:
 def test_byte_view_counts_bytes_and_copies_only_when_it_must() -> None:
     import numpy as np
 
-    from trikernel.zmtp._buffer import byte_view
+    from trikernel._bytes import byte_view
 
     data = b"abc"
     assert byte_view(data) is data

@@ -61,8 +61,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from .._bytes import Buffer, ReceiveBuffer, byte_view
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ..zmtp._buffer import Buffer, ReceiveBuffer, byte_view
 
 __all__ = [
     "sync_marker",

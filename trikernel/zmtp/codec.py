@@ -37,8 +37,8 @@ import struct
 from collections.abc import Sequence
 from enum import Enum, auto
 
+from .._bytes import Buffer, ReceiveBuffer, byte_view
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ._buffer import Buffer, ReceiveBuffer, byte_view
 from .events import (
     Cancel,
     ConnectionClosed,

@@ -1,4 +1,4 @@
-"""Receive buffer for the ZMTP codec.
+"""The byte utilities of every codec (ZMTP, the evaluator pipe): Buffer, byte_view, ReceiveBuffer.
 
 The received chunks are kept as they came (a deque of ``bytes``) with a read
 offset into the first one. Consuming a span that lies inside one chunk slices
