@@ -16,7 +16,6 @@ unset in :func:`new_header`.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import hashlib
 import hmac
@@ -26,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trikernel import _json
 from trikernel._bytes import Buffer
 from trikernel.errors import LocalProtocolError, RemoteProtocolError
 
@@ -167,42 +167,13 @@ class ReplayGuard:
 # --------------------------------------------------------------------------- serialize
 
 
-def _json_default(obj: Any) -> Any:
-    """Encode the few non-JSON types that legitimately appear in messages."""
-    if isinstance(obj, _dt.datetime):
-        if obj.tzinfo is None or obj.utcoffset() is None:
-            # jupyter_client would read a naive date as *local* time: refuse to guess.
-            raise TypeError(f"naive datetime {obj!r} has no timezone")
-        return obj.isoformat().replace("+00:00", "Z")
-    if isinstance(obj, _dt.date):
-        return obj.isoformat()
-    if isinstance(obj, bytes | bytearray | memoryview):
-        # As jupyter_client and ipykernel do, e.g. image/png bytes in a mimebundle.
-        return base64.b64encode(obj).decode("ascii")
-    raise TypeError(f"{type(obj).__name__} object is not JSON serializable")
-
-
-_ENCODER = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_default
-)
-# For strings holding lone surrogates, which UTF-8 cannot encode: \udXXX escapes are
-# valid JSON and decode back to the same string, so nothing is lost.
-_ASCII_ENCODER = json.JSONEncoder(
-    ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=_json_default
-)
-
-
 def _pack(obj: dict[str, Any], part: str) -> bytes:
     if not isinstance(obj, dict):
         raise LocalProtocolError(f"message {part} must be a dict, not {type(obj).__name__}")
     if not obj:
         return b"{}"  # metadata and parent_header often are: skip the encoder
     try:
-        text = _ENCODER.encode(obj)
-        try:
-            return text.encode("utf-8")
-        except UnicodeEncodeError:
-            return _ASCII_ENCODER.encode(obj).encode("ascii")
+        return _json.encode(obj)
     except (TypeError, ValueError, RecursionError) as exc:
         raise LocalProtocolError(f"cannot encode message {part} as JSON: {exc}") from exc
 

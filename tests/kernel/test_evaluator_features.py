@@ -812,7 +812,7 @@ def test_which_cells_run_on_asyncio(source: str, expected: bool) -> None:
 
     import trio
 
-    from trikernel.evaluator.aio import uses_asyncio
+    from trikernel.cells.aio import uses_asyncio
 
     namespace: dict[str, object] = {"asyncio": asyncio, "trio": trio, "nap": asyncio.sleep}
     namespace["q"] = asyncio.Queue()

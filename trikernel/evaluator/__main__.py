@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     import trio
 
     from .loop import EvaluatorLoop, Inbox
-    from .shell import Outbox, create_shell
+    from .outbox import Pipe
+    from .process import create_shell
 
-    outbox = Outbox(args.out_fd)
-    shell = create_shell(outbox, execution_count=args.execution_count)
-    loop = EvaluatorLoop(shell, outbox, Inbox(args.in_fd), args.sync_token)
+    pipe = Pipe(args.out_fd)
+    shell = create_shell(pipe.outbox, execution_count=args.execution_count)
+    loop = EvaluatorLoop(shell, pipe, Inbox(args.in_fd), args.sync_token)
     loop.install_signal_handler()
     try:
         trio.run(loop.run)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             shell.atexit_operations()  # history to disk
         finally:
-            outbox.flush()
+            pipe.outbox.flush()
             os._exit(0)  # user threads must not keep us alive
 
 

@@ -30,7 +30,7 @@ an interrupt (reported as KeyboardInterrupt), background tasks untouched. asynci
 cannot run on a trio loop, so a cell with top-level ``await`` that uses asyncio
 (imports it, or names something from it; ``%autoawait asyncio`` for every cell)
 runs, all of it, as asyncio tasks on one persistent asyncio loop in a thread of
-its own (``evaluator.aio``): ``await asyncio.sleep(0)``, ``asyncio.gather``,
+its own (``cells.aio``): ``await asyncio.sleep(0)``, ``asyncio.gather``,
 ``asyncio.timeout``, tasks that keep running across cells, an interrupt cancels
 the cell's task. Supported: one loop per cell (trio or asyncio, not both);
 asyncio tasks and loop-bound objects persist across asyncio cells. Not supported:
@@ -94,26 +94,16 @@ from typing import Any
 import trio
 from IPython.core.error import StdinNotImplementedError
 
-from .protocol import (
-    CLOSED,
-    COMM,
-    EXECUTE,
-    INPUT_REPLY,
-    INPUT_REQUEST,
-    INTERRUPT,
-    INTERRUPT_ACK,
-    READY,
-    REPLY,
-    REQUEST,
-    RESPONSE,
-    SHUTDOWN,
-    Frame,
-    FrameDecoder,
-    sync_marker,
-)
-from .shell import KernelShell, Outbox, request_message
+from ..cells.background import Background
+from ..cells.facade import request_message
+from ..cells.replies import error_content
+from ..cells.shell import KernelShell
+from ..errors import RemoteProtocolError
+from . import frames
+from .outbox import Pipe
+from .protocol import CLOSED, Frame, FrameDecoder, sync_marker
 
-__all__ = ["Inbox", "Background", "EvaluatorLoop"]
+__all__ = ["Inbox", "EvaluatorLoop"]
 
 _MACHINERY = ("trio", "trikernel", "outcome", "sniffio")
 _RETRY_DELAY = 0.01
@@ -127,18 +117,19 @@ class Inbox:
         self._decoder = FrameDecoder()
         os.set_blocking(fd, False)
 
-    def next_buffered(self) -> Frame | None:
+    def next_buffered(self) -> frames.TypedFrame | None:
         """A frame already decoded, if any (EOF is reported by the receive methods)."""
-        frame = self._decoder.next_frame()
-        return frame if isinstance(frame, Frame) else None
+        while isinstance(frame := self._decoder.next_frame(), Frame):
+            if (typed := _typed(frame)) is not None:
+                return typed
+        return None
 
-    async def receive(self) -> Frame | None:
+    async def receive(self) -> frames.TypedFrame | None:
         """Next frame, or None at end of stream."""
         while True:
-            frame = self._decoder.next_frame()
-            if isinstance(frame, Frame):
-                return frame
-            if frame is CLOSED:
+            if (typed := self.next_buffered()) is not None:
+                return typed
+            if self._decoder.next_frame() is CLOSED:
                 return None
             await trio.lowlevel.wait_readable(self._fd)
             self._read()
@@ -146,13 +137,13 @@ class Inbox:
     def wait_readable_sync(self) -> None:
         select.select([self._fd], [], [])
 
-    def read_sync(self) -> Frame | None:
+    def read_sync(self) -> frames.TypedFrame | None:
         """After ``wait_readable_sync``: read, then a frame if one is complete."""
         self._read()
-        frame = self._decoder.next_frame()
-        if frame is CLOSED:
+        typed = self.next_buffered()
+        if typed is None and self._decoder.next_frame() is CLOSED:
             os._exit(0)  # the bridge is gone
-        return frame if isinstance(frame, Frame) else None
+        return typed
 
     def _read(self) -> None:
         try:
@@ -160,66 +151,6 @@ class Inbox:
         except BlockingIOError:
             return
         self._decoder.receive_data(data)
-
-
-class Background:
-    """``background``: start tasks that outlive the cell (a nursery's start API).
-
-    ``start_soon(fn, *args)`` / ``await start(fn, *args)`` as on a trio nursery.
-    An exception in such a task is shown as an error output; it does not cancel
-    the other tasks or end the evaluator. (The nursery itself is not exposed, so
-    a cell cannot cancel it by accident.)
-    """
-
-    def __init__(self, nursery: trio.Nursery, shell: KernelShell) -> None:
-        self._nursery = nursery
-        self._shell = shell
-
-    @property
-    def child_tasks(self) -> frozenset[trio.lowlevel.Task]:
-        return self._nursery.child_tasks
-
-    def start_soon(self, async_fn: Any, *args: Any, name: object = None) -> None:
-        self._nursery.start_soon(self._guard, async_fn, args, name=name or _name_of(async_fn))
-
-    async def start(self, async_fn: Any, *args: Any, name: object = None) -> Any:
-        return await self._nursery.start(
-            self._guard, async_fn, args, name=name or _name_of(async_fn)
-        )
-
-    async def _guard(
-        self,
-        async_fn: Any,
-        args: tuple[Any, ...],
-        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        status = _Status(task_status)
-        try:
-            if task_status is trio.TASK_STATUS_IGNORED:
-                await async_fn(*args)
-            else:
-                await async_fn(*args, task_status=status)
-        except (Exception, SystemExit) as exc:  # sys.exit() must not end the evaluator
-            if task_status is not trio.TASK_STATUS_IGNORED and not status.done:
-                raise  # before started(): the caller of start() gets it
-            self._shell.show_background_error(exc, _name_of(async_fn))
-
-    def __repr__(self) -> str:
-        return f"<background nursery, {len(self.child_tasks)} task(s)>"
-
-
-class _Status:
-    def __init__(self, inner: trio.TaskStatus[Any]) -> None:
-        self._inner = inner
-        self.done = False
-
-    def started(self, value: Any = None) -> None:
-        self._inner.started(value)
-        self.done = True
-
-
-def _name_of(fn: Any) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or fn)
 
 
 @dataclass
@@ -249,9 +180,10 @@ def _is_machinery(frame: types.FrameType) -> bool:
 class EvaluatorLoop:
     """Serve the bridge until shutdown. ``trio.run(EvaluatorLoop(...).run)``."""
 
-    def __init__(self, shell: KernelShell, outbox: Outbox, inbox: Inbox, sync_token: str) -> None:
+    def __init__(self, shell: KernelShell, pipe: Pipe, inbox: Inbox, sync_token: str) -> None:
         self.shell = shell
-        self.outbox = outbox
+        self.pipe = pipe
+        self.outbox = pipe.outbox
         self.inbox = inbox
         self._marker = sync_marker(sync_token)
         self._sync_token = sync_token
@@ -261,14 +193,14 @@ class EvaluatorLoop:
         self._waiting_for_input = False
         self._pending_interrupt: _Cell | None = None  # SIGINT deferred out of our code
         self._main_thread = threading.get_ident()
-        outbox.safe_point = self._raise_pending_interrupt
+        self.outbox.safe_point = self._raise_pending_interrupt
         self._cell_entry_codes = {
             KernelShell.run_cell_for_kernel.__code__,
             KernelShell.run_code.__code__,
             KernelShell.make_reply.__code__,
         }
         self._token: trio.lowlevel.TrioToken | None = None
-        self._work_send, self._work_receive = trio.open_memory_channel[Frame](1000)
+        self._work_send, self._work_receive = trio.open_memory_channel[frames.Request](1000)
         self._retry_r, self._retry_w = os.pipe()
         os.set_blocking(self._retry_w, False)
         threading.Thread(
@@ -287,87 +219,82 @@ class EvaluatorLoop:
             self.shell.user_ns["background"] = background
             self.shell.user_ns.setdefault("trio", trio)  # so `await trio.sleep(1)` just works
             nursery.start_soon(self._work)
-            body = {
-                "pid": os.getpid(),
-                "execution_count": self.shell.execution_count,
-                "sync_token": self._sync_token,
-            }
-            self.outbox.send(Frame(READY, body))
+            count = self.shell.execution_count
+            self.pipe.send(frames.Ready(os.getpid(), count, self._sync_token))
             self.shell.warm_up_tracebacks()
             while (frame := await self.inbox.receive()) is not None:
-                if frame.kind == SHUTDOWN:
+                if isinstance(frame, frames.Shutdown):
                     break
                 self._dispatch(frame)
             nursery.cancel_scope.cancel()
 
     async def _hold_background(self, task_status: trio.TaskStatus[Background]) -> None:
         async with trio.open_nursery() as nursery:
-            task_status.started(Background(nursery, self.shell))
+            task_status.started(Background(nursery, self.shell.show_background_error))
             await trio.sleep_forever()
 
     # -- frames ------------------------------------------------------------------
-    def _dispatch(self, frame: Frame) -> None:
+    def _dispatch(self, frame: frames.TypedFrame) -> None:
         """Handle one frame; sync, so input() can call it while the loop is blocked."""
         kernel = self.shell.kernel
-        if frame.kind == EXECUTE:
-            body = frame.body
-            kernel.latest_request = request_message(body.get("parent"), body["content"])
-            self._nursery.start_soon(self._run_cell, body)
-        elif frame.kind == INTERRUPT:
-            self._cancel_cell(frame.body["id"], ack=True)
-        elif frame.kind == COMM:  # in arrival order, before a later execute
-            body = frame.body
-            msg = request_message(body.get("parent"), body["content"], list(frame.buffers))
+        if isinstance(frame, frames.Execute):
+            request = frame.request
+            kernel.latest_request = request_message(request.parent, request.to_content())
+            self.outbox.set_request(frame.id)  # outputs from now on are this cell's
+            self._nursery.start_soon(self._run_cell, frame)
+        elif isinstance(frame, frames.Interrupt):
+            self._cancel_cell(frame.id, ack=True)
+        elif isinstance(frame, frames.Comm):  # in arrival order, before a later execute
+            msg = request_message(frame.parent, dict(frame.content), list(frame.buffers))
             kernel.latest_request = msg
-            self.shell.handle_comm(body["msg_type"], msg)
-            if "id" in body:
-                self.outbox.send(Frame(RESPONSE, {"id": body["id"], "content": {}}))
-        elif frame.kind == REQUEST:
+            if frame.id is not None:
+                self.outbox.set_request(frame.id)
+            self.shell.handle_comm(frame.msg_type, msg)
+            if frame.id is not None:
+                self.pipe.send(frames.Response(frame.id))
+        elif isinstance(frame, frames.Request):
             try:
                 self._work_send.send_nowait(frame)
             except trio.WouldBlock:  # answer at once rather than leave the bridge waiting
-                error = {"status": "error", "ename": "Busy", "evalue": "too many requests"}
-                self.outbox.send(Frame(RESPONSE, {"id": frame.body["id"], "content": error}))
-        # INPUT_REPLY outside input(): a late answer to an interrupted input(); drop it.
+                error = error_content("EvaluatorBusy", "too many requests are waiting")
+                self.pipe.send(frames.Response(frame.id, error))
+        # InputReply outside input(): a late answer to an interrupted input(); drop it.
 
     async def _work(self) -> None:
         async for frame in self._work_receive:
-            body = frame.body
-            content = self.shell.handle_request(body["msg_type"], body["content"])
-            self.outbox.send(Frame(RESPONSE, {"id": body["id"], "content": content}))
+            content = self.shell.answer(frame.msg_type, dict(frame.content))
+            self.pipe.send(frames.Response(frame.id, content))
             await trio.lowlevel.checkpoint()
 
     # -- cells -------------------------------------------------------------------
-    async def _run_cell(self, body: dict[str, Any]) -> None:
-        content = body["content"]
-        silent = bool(content.get("silent", False))
-        store_history = bool(content.get("store_history", True)) and not silent
+    async def _run_cell(self, frame: frames.Execute) -> None:
+        request = frame.request
         if self._cell is not None:
             raise RuntimeError("the bridge sent an execute while a cell was running")
         shell = self.shell
-        cell = self._cell = _Cell(body["id"], trio.lowlevel.current_task())
+        cell = self._cell = _Cell(frame.id, trio.lowlevel.current_task())
         shell.interrupted = False
-        shell.stdin_handler = self._request_input if body.get("allow_stdin") else None
-        if silent:
+        shell.stdin_handler = self._request_input if frame.allow_stdin else None
+        if request.silent:
             self.outbox.set_muted(True)
         try:
             with cell.scope:
                 result = await shell.run_cell_for_kernel(
-                    content.get("code", ""), silent=silent, store_history=store_history
+                    request.code, silent=request.silent, store_history=request.store_history
                 )
             if cell.scope.cancelled_caught:
                 result = None
                 shell.show_interrupted()
-            reply = shell.make_reply(result, content.get("user_expressions") or {})
+            reply = shell.make_reply(result, dict(request.user_expressions))
         finally:
             self._cell = self._pending_interrupt = None
             shell.stdin_handler = None
-            if silent:
+            if request.silent:
                 self.outbox.set_muted(False)
         fd_sync = self._write_sync_markers()
-        self.outbox.send(Frame(REPLY, {"id": cell.id, "content": reply, "fd_sync": fd_sync}))
+        self.pipe.send(frames.Reply(cell.id, reply, fd_sync))
 
-    def _write_sync_markers(self) -> list[int]:
+    def _write_sync_markers(self) -> tuple[int, int]:
         _flush_c_stdio()
         for i, fd in enumerate((1, 2)):
             if self._fd_ids[fd] is not None and _fd_id(fd) == self._fd_ids[fd]:
@@ -376,7 +303,7 @@ class EvaluatorLoop:
                     self._fd_sync[i] += 1
                 except OSError:
                     self._fd_ids[fd] = None  # the user closed it: stop marking it
-        return list(self._fd_sync)
+        return (self._fd_sync[0], self._fd_sync[1])
 
     def _cancel_cell(self, cell_id: int, *, ack: bool = False) -> None:
         cell = self._cell
@@ -387,7 +314,7 @@ class EvaluatorLoop:
         cell.cancel_requested = True
         cell.scope.cancel()
         if ack:
-            self.outbox.send(Frame(INTERRUPT_ACK, {"id": cell_id}))
+            self.pipe.send(frames.InterruptAck(cell_id))
 
     # -- stdin -----------------------------------------------------------------
     def _request_input(self, prompt: str, password: bool) -> str:
@@ -395,10 +322,8 @@ class EvaluatorLoop:
         cell = self._cell
         if cell is None or threading.get_ident() != self._main_thread:
             raise StdinNotImplementedError("input() is only available in the running cell's thread")
-        self.outbox.send(
-            Frame(INPUT_REQUEST, {"id": cell.id, "prompt": prompt, "password": password})
-        )
-        answer: dict[str, Any] | None = None
+        self.pipe.send(frames.InputRequest(cell.id, prompt, password))
+        answer: frames.InputReply | None = None
         while answer is None:
             frame = self.inbox.next_buffered()
             if frame is None:
@@ -410,17 +335,17 @@ class EvaluatorLoop:
                 frame = self.inbox.read_sync()
                 if frame is None:
                     continue
-            if frame.kind == INPUT_REPLY:
-                answer = frame.body
-            elif frame.kind == INTERRUPT and frame.body.get("id") == cell.id:
+            if isinstance(frame, frames.InputReply):
+                answer = frame
+            elif isinstance(frame, frames.Interrupt) and frame.id == cell.id:
                 raise KeyboardInterrupt
             else:
                 self._dispatch(frame)
         while (frame := self.inbox.next_buffered()) is not None:
             self._dispatch(frame)  # what came in behind the answer
-        if "error" in answer:
-            raise EOFError(f"input request failed: {answer['error']}")
-        return str(answer.get("value", ""))
+        if answer.error is not None:
+            raise EOFError(f"input request failed: {answer.error}")
+        return answer.value or ""
 
     # -- SIGINT ----------------------------------------------------------------
     def _on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
@@ -483,6 +408,14 @@ class EvaluatorLoop:
             # ran): the cancellation does the job, no KeyboardInterrupt on top of it.
             if cell is not None and cell is self._cell and not cell.cancel_requested:
                 signal.pthread_kill(main, signal.SIGINT)
+
+
+def _typed(frame: Frame) -> frames.TypedFrame | None:
+    try:
+        return frames.decode(frame)
+    except RemoteProtocolError as exc:  # a bridge bug: say so, and go on
+        os.write(2, f"trikernel evaluator: dropped a malformed frame: {exc}\n".encode())
+        return None
 
 
 def _fd_id(fd: int) -> tuple[int, int] | None:

@@ -42,14 +42,16 @@ cell (it runs in another thread: StdinNotImplementedError); starting
 (``time.sleep``, a blocking socket read) in an asyncio cell: the
 KeyboardInterrupt waits until the call returns, and if that takes longer than the
 kernel's grace period the evaluator is replaced (namespace reset). An interrupt
-cancels only the cell's task, not the asyncio tasks it started. The in-process
-(embedded) evaluator has no asyncio cells.
+cancels only the cell's task, not the asyncio tasks it started. Both evaluators
+have asyncio cells (``AsyncioCells`` is a part of the shell); the embedded one
+stops its asyncio thread when it closes.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import bdb
 import ctypes
 import sys
 import threading
@@ -58,8 +60,12 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import trio
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import ExecutionResult
 
-__all__ = ["AsyncioThread", "exec_code", "uses_asyncio"]
+from .tracebacks import ASYNCIO_ON_TRIO, TRIO_ON_ASYNCIO, without_frames
+
+__all__ = ["AsyncioThread", "AsyncioCells", "exec_code", "uses_asyncio"]
 
 _RETRY_DELAY = 0.01
 _MACHINERY = ("asyncio", "trio", "trikernel", "concurrent", "selectors", "threading", "outcome")
@@ -172,9 +178,25 @@ class AsyncioThread:
         while True:
             try:
                 loop.run_forever()
-                return
+                break
             except BaseException:  # an interrupt that landed in asyncio's own code
                 continue
+        for task in asyncio.all_tasks(loop):  # close(): end the tasks cells left running
+            task.cancel()
+        try:
+            loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            loop.close()
+
+    def close(self) -> None:
+        """Stop the loop and its tasks; wait a little for the thread."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=1.0)
 
     def _handle_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -264,3 +286,115 @@ def _cancel(box: _Box) -> None:
 def _is_machinery(frame: types.FrameType) -> bool:
     name = frame.f_globals.get("__name__", "")
     return any(name == m or name.startswith(m + ".") for m in _MACHINERY)
+
+
+class AsyncioCells:
+    """The part of the kernel shell that picks the loop of an await cell and runs
+    asyncio cells on the ``AsyncioThread`` (a mixin of ``KernelShell``)."""
+
+    #: which loop runs top-level await: "auto", "trio" or "asyncio" (%autoawait)
+    await_mode = "auto"
+    _cell_loop: str | None = None  # the running await cell's loop: "trio" or "asyncio"
+    _asyncio: AsyncioThread | None = None
+
+    def choose_await_loop(self, code: str, transformed: str) -> None:
+        """Before running a cell: which loop its top-level await (if any) runs on."""
+        self._cell_loop = None  # a cell without top-level await runs here, as usual
+        if self.should_run_async(code, transformed_cell=transformed):  # type: ignore[attr-defined]
+            if self.await_mode != "auto":
+                self._cell_loop = self.await_mode
+            else:
+                asyncio_cell = uses_asyncio(transformed, self.user_ns)  # type: ignore[attr-defined]
+                self._cell_loop = "asyncio" if asyncio_cell else "trio"
+
+    async def run_code(
+        self,
+        code_obj: types.CodeType,
+        result: ExecutionResult | None = None,
+        *,
+        async_: bool = False,
+    ) -> bool:
+        """IPython's run_code, except that every statement of an asyncio cell runs on
+        the asyncio thread; trio cells run in this task."""
+        shell: Any = self
+        if self._cell_loop != "asyncio":
+            failed = bool(await super().run_code(code_obj, result, async_=async_))  # type: ignore[misc]
+            if failed and async_ and result is not None:
+                self._hint(result.error_in_exec, ASYNCIO_ON_TRIO, "asyncio")
+            return failed
+        if self._asyncio is None:
+            self._asyncio = AsyncioThread(shell.show_background_error)
+        namespaces = (shell.user_global_ns, shell.user_ns)
+        old_excepthook, sys.excepthook = sys.excepthook, shell.excepthook
+        shell.sys_excepthook = old_excepthook
+        try:
+            try:
+                if async_:
+                    await self._asyncio.run(eval(code_obj, *namespaces))
+                else:
+                    await self._asyncio.run(exec_code(code_obj, *namespaces))
+            finally:
+                sys.excepthook = old_excepthook
+        except BaseException as exc:
+            # The same handling as IPython's run_code, without the asyncio plumbing
+            # in the traceback. (trio.Cancelled of an interrupt is shown as
+            # KeyboardInterrupt by showtraceback.)
+            exc.__traceback__ = without_frames(exc.__traceback__, _RUN_CODES, __name__)
+            if result is not None:
+                result.error_in_exec = exc
+            if isinstance(exc, SystemExit):
+                shell.showtraceback(exception_only=True)
+            elif isinstance(exc, bdb.BdbQuit):
+                pass
+            elif isinstance(exc, shell.custom_exceptions):
+                shell.CustomTB(type(exc), exc, exc.__traceback__)
+            else:
+                shell.showtraceback((type(exc), exc, exc.__traceback__), running_compiled_code=True)
+                self._hint(exc, TRIO_ON_ASYNCIO, "trio")
+            return True
+        return False
+
+    def close_asyncio(self) -> None:
+        if self._asyncio is not None:
+            self._asyncio.close()
+            self._asyncio = None
+
+    def _hint(self, exc: BaseException | None, signs: tuple[str, ...], other: str) -> None:
+        if exc is not None and any(sign in str(exc) for sign in signs):
+            self.outbox.write_stream(  # type: ignore[attr-defined]
+                "stderr",
+                f"trikernel: this cell ran on {self._cell_loop} but seems to need {other}: "
+                f"`%autoawait {other}` runs the await cells that follow on {other} "
+                "(`%autoawait auto` picks per cell).\n",
+            )
+
+    def autoawait_magic(self, line: str) -> None:
+        """Choose the loop that runs top-level ``await``: ``%autoawait [auto|trio|asyncio|on|off]``.
+
+        - ``auto`` (the default): asyncio for a cell that uses asyncio (imports it or
+          names something from it), else trio;
+        - ``trio``: the evaluator's persistent trio loop, where ``background`` tasks live;
+        - ``asyncio``: a persistent asyncio loop in a thread of its own;
+        - ``on`` / ``off``: allow or refuse top-level ``await``.
+
+        Without an argument: show the current setting.
+        """
+        shell: Any = self
+        arg = line.strip().lower()
+        if not arg:
+            state = "on" if shell.autoawait else "off"
+            print(f"autoawait is {state}; top-level await runs on: {self.await_mode}")
+        elif arg in ("auto", "trio", "asyncio"):
+            self.await_mode, shell.autoawait = arg, True
+        elif arg in ("on", "true"):
+            shell.autoawait = True
+        elif arg in ("off", "false"):
+            shell.autoawait = False
+        else:
+            raise UsageError(
+                f"%autoawait {line.strip()}: trikernel runs top-level await on trio or "
+                "asyncio; use %autoawait auto|trio|asyncio|on|off"
+            )
+
+
+_RUN_CODES = frozenset({AsyncioCells.run_code.__code__})
