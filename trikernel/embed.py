@@ -11,7 +11,8 @@
 The kernel binds its five sockets, writes a connection file (mode 0600), logs how to
 attach, and serves until the block exits or the task is cancelled; then it closes its
 sockets and removes the file. With the default in-process evaluator, cells run as trio
-tasks on the application's own loop, in ``namespace`` (see :mod:`trikernel.inprocess`).
+tasks on the application's own loop, in ``namespace``, on the same IPython core as
+the subprocess kernel (see :mod:`trikernel.inprocess`).
 A client's shutdown_request ends the embedded kernel only, never the application.
 """
 
@@ -31,12 +32,14 @@ from typing import Any
 import trio
 
 from .connection import (
+    CHANNELS,
     ConnectionInfo,
     default_runtime_dir,
     new_connection_info,
     write_connection_file,
 )
-from .kernel import EvaluatorFactory, Kernel
+from .evaluator_api import EvaluatorFactory
+from .kernel import Kernel
 from .messages import new_id
 
 __all__ = ["open_kernel", "serve_kernel", "EmbeddedKernel"]
@@ -120,7 +123,7 @@ def _connection_info(ip: str, transport: str, key: str | None) -> ConnectionInfo
         # ipc endpoints are the paths "<ip>-<port>": pick five that do not exist yet.
         ports = {}
         candidate = 1
-        for channel in ("shell", "iopub", "stdin", "control", "hb"):
+        for channel in CHANNELS:
             while os.path.exists(f"{ip}-{candidate}"):
                 candidate += 1
             ports[f"{channel}_port"] = candidate
@@ -130,7 +133,7 @@ def _connection_info(ip: str, transport: str, key: str | None) -> ConnectionInfo
 
 
 def _remove_ipc_sockets(info: ConnectionInfo) -> None:
-    for channel in ("shell", "iopub", "stdin", "control", "hb"):
+    for channel in CHANNELS:
         socket_path = f"{info.ip}-{info.port(channel)}"
         with contextlib.suppress(OSError):
             if stat.S_ISSOCK(os.stat(socket_path).st_mode):
@@ -159,7 +162,7 @@ async def serve_kernel(
             in the Jupyter runtime directory. Removed when the kernel stops.
         ip: the address to bind (or, with ``transport="ipc"``, the path prefix).
         evaluator: ``"inprocess"`` (cells on this loop), ``"subprocess"`` (an isolated
-            IPython process, when available), or a factory taking ``on_output``.
+            IPython process), or an ``EvaluatorFactory`` (taking the output sink).
         key: the HMAC key (a fresh random one by default).
         transport: ``"tcp"`` or ``"ipc"``.
     """

@@ -21,11 +21,31 @@ __all__ = ["ShellComm", "route_comms", "deliver"]
 
 
 class ShellComm(comm.base_comm.BaseComm):
-    """A comm whose messages leave through ``outbox``."""
+    """A comm whose messages leave through ``outbox``, registered with ``manager``
+    (its shell's: also when it is closed after the shell has gone, e.g. by a
+    widget's ``__del__``)."""
 
-    def __init__(self, *args: Any, outbox: Outbox, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, outbox: Outbox, manager: comm.base_comm.CommManager, **kwargs: Any
+    ) -> None:
         self._outbox = outbox  # before BaseComm.__init__, which may open the comm
+        self._manager = manager
         super().__init__(*args, **kwargs)
+
+    def close(
+        self,
+        data: dict | None = None,
+        metadata: dict | None = None,
+        buffers: list | None = None,
+        deleting: bool = False,
+    ) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        data = self._close_data if data is None else data
+        self.publish_msg("comm_close", data=data, metadata=metadata, buffers=buffers)
+        if not deleting:
+            self._manager.comms.pop(self.comm_id, None)
 
     def publish_msg(
         self,
@@ -48,7 +68,7 @@ def route_comms(current: Callable[[], Any]) -> Callable[[], None]:
         shell = current()
         if shell is None:
             return old_create(*args, **kwargs)
-        return ShellComm(*args, outbox=shell.outbox, **kwargs)
+        return ShellComm(*args, outbox=shell.outbox, manager=shell.comm_manager, **kwargs)
 
     def get_comm_manager() -> Any:
         shell = current()

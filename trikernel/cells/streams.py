@@ -125,7 +125,7 @@ class Outbox:
         """While muted (silent cells), outputs and stream text are dropped."""
         with self._lock:
             self._flush_locked()
-            self._muted = muted
+            self._muted = muted or self._closed
 
     def set_request(self, request: Any) -> None:
         """Outputs from now on belong to ``request`` (pending text to the previous one)."""
@@ -134,9 +134,10 @@ class Outbox:
             self.request = request
 
     def close(self) -> None:
+        """Flush, stop the flusher thread, and drop whatever comes later."""
         with self._lock:
             self._flush_locked()
-            self._closed = True
+            self._closed = self._muted = True
             self._wake.notify()
 
     # -- internals ---------------------------------------------------------------

@@ -82,9 +82,15 @@ class CellCompiler(CachingCompiler):
     tracebacks without stack_data, as under ipykernel: stack_data compiles pygments'
     Python lexer anew for every traceback, about 8 ms of every interrupt."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell_files: list[str] = []  # what an embedded shell takes out of linecache
+
     def get_code_name(self, raw_code: str, transformed_code: str, number: int) -> str:
         digest = hashlib.sha1(transformed_code.encode("utf-8", "surrogatepass")).hexdigest()
-        return os.path.join(_cell_dir(), f"{number}-{digest[:12]}.py")
+        name = os.path.join(_cell_dir(), f"{number}-{digest[:12]}.py")
+        self.cell_files.append(name)
+        return name
 
 
 @functools.cache
