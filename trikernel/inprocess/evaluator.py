@@ -114,14 +114,14 @@ class InProcessEvaluator:
         outbox: Outbox = self.shell.outbox
         asking = request_input if request.allow_stdin else None
         context = self._enter(request.parent, request.to_content(), asking)
-        token = routing.CURRENT.set(context)
+        token = routing.enter(context)
         if request.silent:
             outbox.set_muted(True)
         try:
             reply = await self._run_cell(request)
         finally:
             context.done = True
-            routing.CURRENT.reset(token)
+            routing.leave(token)
             if request.silent:
                 outbox.set_muted(False)
         self._flush()
@@ -160,12 +160,12 @@ class InProcessEvaluator:
     ) -> None:
         await trio.lowlevel.checkpoint()
         context = self._enter(parent, content, None, list(buffers))
-        token = routing.CURRENT.set(context)
+        token = routing.enter(context)
         try:
             self.shell.handle_comm(msg_type, self.shell.kernel.latest_request)
         finally:
             context.done = True
-            routing.CURRENT.reset(token)
+            routing.leave(token)
         self._flush()
 
     async def aclose(self) -> None:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ..cells.shell import KernelShell
     from ..evaluator_api import InputCallback
 
-__all__ = ["CURRENT", "CellContext", "current_shell", "install", "uninstall"]
+__all__ = ["CURRENT", "CellContext", "current_shell", "enter", "leave", "install", "uninstall"]
 
 
 @dataclass(eq=False)
@@ -112,16 +112,33 @@ class _SingletonFollowsTask(trio.abc.Instrument):
         self.original = InteractiveShell._instance
         self._set = False
 
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        context = task.context.get(CURRENT)
+    def follow(self, context: CellContext | None) -> None:
         if context is not None and not context.closed():
             InteractiveShell._instance = context.shell  # type: ignore[assignment]
             self._set = True
-
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if self._set:
+        elif self._set:
             InteractiveShell._instance = self.original
             self._set = False
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.follow(task.context.get(CURRENT))
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.follow(None)
+
+
+def enter(context: CellContext) -> contextvars.Token[CellContext | None]:
+    """Make ``context`` current in this task (and in what it starts from now on)."""
+    token = CURRENT.set(context)
+    if _installed.instrument is not None:  # this very step already runs the cell
+        _installed.instrument.follow(context)
+    return token
+
+
+def leave(token: contextvars.Token[CellContext | None]) -> None:
+    CURRENT.reset(token)
+    if _installed.instrument is not None:
+        _installed.instrument.follow(CURRENT.get())
 
 
 @dataclass
