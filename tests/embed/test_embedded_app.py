@@ -12,74 +12,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-jupyter_client = pytest.importorskip("jupyter_client")
+from .attach import Attached, in_thread, stream_text, wait_for_file
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "embedded_app.py"
-
-
-async def in_thread(fn: Callable[[], Any], timeout: float = 15) -> Any:
-    with trio.fail_after(timeout):
-        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
-
-
-class Attached:
-    """A BlockingKernelClient, each blocking call in a worker thread."""
-
-    def __init__(self, connection_file: Path) -> None:
-        self.kc = jupyter_client.BlockingKernelClient(connection_file=str(connection_file))
-        self.kc.load_connection_file()
-
-    async def start(self) -> None:
-        await in_thread(self.kc.start_channels)
-        await in_thread(lambda: self.kc.wait_for_ready(timeout=10))
-
-    async def run(
-        self, code: str, timeout: float = 10
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        outputs: list[dict[str, Any]] = []
-
-        def go() -> dict[str, Any]:
-            return self.kc.execute_interactive(  # type: ignore[no-any-return]
-                code, timeout=timeout, allow_stdin=False, output_hook=outputs.append
-            )
-
-        reply = await in_thread(go, timeout + 5)
-        return reply["content"], outputs
-
-    async def value(self, code: str) -> str:
-        reply, outputs = await self.run(code)
-        assert reply["status"] == "ok", reply
-        results = [
-            m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "execute_result"
-        ]
-        assert len(results) == 1, outputs
-        return str(results[0])
-
-    def stop(self) -> None:
-        self.kc.stop_channels()
-
-
-def stream_text(outputs: list[dict[str, Any]], name: str = "stdout") -> str:
-    return "".join(
-        m["content"]["text"]
-        for m in outputs
-        if m["msg_type"] == "stream" and m["content"]["name"] == name
-    )
-
-
-async def wait_for_file(path: Path, process: trio.Process, timeout: float = 15) -> None:
-    with trio.fail_after(timeout):
-        while not path.exists():
-            assert process.returncode is None and process.poll() is None, "the app exited"
-            await trio.sleep(0.05)
 
 
 async def test_attach_to_running_app(tmp_path: Path) -> None:
