@@ -4,7 +4,6 @@ worker thread, with a timeout."""
 from __future__ import annotations
 
 import queue
-
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
