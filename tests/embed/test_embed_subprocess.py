@@ -13,8 +13,6 @@ import trio
 import trikernel.embed as embed
 from trikernel.client import open_client
 
-pytest.importorskip("trikernel.bridge")
-
 
 async def test_subprocess_evaluator_is_isolated_and_stopped(tmp_path: Path) -> None:
     path = tmp_path / "k.json"
