@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
-
-from .helpers import KernelProcess
+from support.kernel_process import KernelProcess
 
 
 @pytest.fixture(scope="module")

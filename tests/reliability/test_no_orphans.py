@@ -21,28 +21,19 @@ from pathlib import Path
 
 import pytest
 from jupyter_client.manager import KernelManager
+from support import TIMEOUT
+from support.client import run
+from support.iopub import stream_text
+from support.kernel_process import KernelProcess, connected, kernel_manager, ready_client
+from support.procs import alive, kill_pids, process_tree, wait_gone, wait_until
 
-from .helpers import (
-    TIMEOUT,
-    KernelProcess,
-    alive,
-    assert_serves,
-    connected,
-    kill_pids,
-    run,
-    stream_text,
-    wait_until,
-)
+from .helpers import assert_serves
 
 GONE_WITHIN = 3.0  # "a couple of seconds"
 
 
-def gone(pids: list[int], timeout: float = GONE_WITHIN) -> None:
-    wait_until(
-        lambda: not [p for p in pids if alive(p)],
-        timeout,
-        f"processes {[p for p in pids if alive(p)]} to exit",
-    )
+def gone(pids: list[int]) -> None:
+    wait_gone(pids, GONE_WITHIN)
 
 
 def start_grandchild(kc) -> int:  # type: ignore[no-untyped-def]
@@ -158,35 +149,20 @@ def test_parent_death_ends_the_kernel(tmp_path: Path) -> None:
 
 @pytest.fixture
 def km() -> Iterator[KernelManager]:
-    manager = KernelManager(kernel_name="trikernel-reliability")
-    manager.start_kernel()
-    try:
+    with kernel_manager("trikernel-reliability") as manager:
         yield manager
-    finally:
-        if manager.has_kernel:
-            manager.shutdown_kernel(now=True)
 
 
 @pytest.mark.parametrize("now", [True, False], ids=["now", "polite"])
 def test_kernel_manager_shutdown(km: KernelManager, now: bool) -> None:
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=TIMEOUT)
-        reply, outputs = run(
-            kc, "import subprocess; p = subprocess.Popen(['sleep', '600']); print(p.pid)"
-        )
-        child = int(stream_text(outputs))
+    with ready_client(km.client()) as kc:
+        child = start_grandchild(kc)
         assert km.provisioner is not None
         pid = km.provisioner.process.pid  # type: ignore[attr-defined]
-        from .helpers import process_tree
-
         tree = process_tree(pid)
         assert len(tree) == 3
         connection_file = km.connection_file
         km.shutdown_kernel(now=now)
-    finally:
-        kc.stop_channels()
     try:
         gone(tree)
     finally:

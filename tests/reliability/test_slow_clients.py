@@ -14,16 +14,12 @@ import pytest
 import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.session import Session
+from support import TIMEOUT
+from support.client import control_request, interrupt, run
+from support.iopub import iopub_until, is_idle, stream_text
+from support.kernel_process import KernelProcess
 
-from .helpers import (
-    TIMEOUT,
-    KernelProcess,
-    assert_serves,
-    iopub_until,
-    is_idle,
-    run,
-    stream_text,
-)
+from .helpers import assert_serves
 
 LINES = 100_000
 PRINT_LOTS = f"for i in range({LINES}): print('line', i, 'x' * 100)"
@@ -155,13 +151,6 @@ def test_client_that_never_reads_its_replies(
         sock.close(linger=0)
 
 
-def interrupt(kc: BlockingKernelClient) -> None:
-    msg = kc.session.msg("interrupt_request", {})
-    kc.control_channel.send(msg)
-    reply = kc.control_channel.get_msg(timeout=TIMEOUT)
-    assert reply["content"]["status"] == "ok"
-
-
 def test_stdin_peer_disconnects_while_input_waits(
     kernel: KernelProcess, kc: BlockingKernelClient
 ) -> None:
@@ -174,13 +163,11 @@ def test_stdin_peer_disconnects_while_input_waits(
         other.stop_channels()  # gone without answering
     # Control still answers at once while the cell waits for the dead peer...
     start = time.monotonic()
-    msg = kc.session.msg("kernel_info_request", {})
-    kc.control_channel.send(msg)
-    kc.control_channel.get_msg(timeout=TIMEOUT)
+    control_request(kc, "kernel_info_request")
     assert time.monotonic() - start < 1.0
     # ...an interrupt ends that cell (its idle reaches every subscriber)...
     interrupt(kc)
-    iopub_until(kc, is_idle, msg_id)
+    iopub_until(kc, msg_id, is_idle)
     # ...and the kernel serves the others, with the namespace kept.
     assert_serves(kc)
     reply, _ = run(kc, "x")

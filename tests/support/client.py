@@ -1,0 +1,92 @@
+"""Requests to a kernel through a jupyter_client BlockingKernelClient, and their
+replies matched by parent msg_id (never "the next message on the channel": a reply
+left unread by an earlier request, e.g. a second kernel_info_reply from
+``wait_for_ready``, would be taken for this one).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+from jupyter_client.blocking.client import BlockingKernelClient
+
+from . import TIMEOUT
+from .iopub import Msg, parent_id
+
+
+def run(
+    kc: BlockingKernelClient, code: str, timeout: float = TIMEOUT, **kwargs: Any
+) -> tuple[Msg, list[Msg]]:
+    """Execute ``code``: (execute_reply, iopub messages of that request up to idle).
+
+    jupyter_client's execute_interactive matches both by the request's msg_id."""
+    outputs: list[Msg] = []
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=outputs.append, **kwargs)
+    return reply, outputs
+
+
+def _replies(
+    get: Callable[..., Msg],
+    msg_ids: Collection[str],
+    timeout: float,
+    others: list[Msg] | None,
+) -> list[Msg]:
+    """Read with ``get`` until each of ``msg_ids`` has its reply; the replies in arrival order."""
+    wanted, found = set(msg_ids), []
+    deadline = time.monotonic() + timeout
+    while wanted:
+        try:
+            msg = get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for the replies to {sorted(wanted)}"
+            ) from None
+        if parent_id(msg) in wanted:
+            wanted.discard(parent_id(msg))
+            found.append(msg)
+        elif others is not None:
+            others.append(msg)
+    return found
+
+
+def shell_reply(
+    kc: BlockingKernelClient,
+    msg_id: str,
+    timeout: float = TIMEOUT,
+    others: list[Msg] | None = None,
+) -> Msg:
+    """The shell reply to request ``msg_id``; replies to others are skipped (kept in ``others``)."""
+    return _replies(kc.get_shell_msg, [msg_id], timeout, others)[0]
+
+
+def shell_replies(
+    kc: BlockingKernelClient, msg_ids: Collection[str], timeout: float = TIMEOUT
+) -> list[Msg]:
+    """The shell replies to every request of ``msg_ids``, in the order they arrived."""
+    return _replies(kc.get_shell_msg, msg_ids, timeout, None)
+
+
+def control_reply(kc: BlockingKernelClient, msg_id: str, timeout: float = TIMEOUT) -> Msg:
+    """The control reply to request ``msg_id``; replies to others are skipped."""
+    return _replies(kc.control_channel.get_msg, [msg_id], timeout, None)[0]
+
+
+def control_request(
+    kc: BlockingKernelClient,
+    msg_type: str,
+    content: dict[str, Any] | None = None,
+    timeout: float = TIMEOUT,
+) -> Msg:
+    """Send ``msg_type`` on the control channel and return its reply."""
+    msg = kc.session.msg(msg_type, content or {})
+    kc.control_channel.send(msg)
+    return control_reply(kc, msg["header"]["msg_id"], timeout)
+
+
+def interrupt(kc: BlockingKernelClient, timeout: float = TIMEOUT) -> None:
+    """An interrupt_request on control (message mode); its reply must be ok."""
+    reply = control_request(kc, "interrupt_request", timeout=timeout)
+    assert reply["content"]["status"] == "ok", reply["content"]
