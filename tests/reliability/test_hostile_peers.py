@@ -99,7 +99,7 @@ BYTE_INPUTS: dict[str, tuple[Callable[[str], bytes], str]] = {
         "cannot talk to",
     ),
     "bad-mechanism": (
-        lambda ch: greeting()[:12] + b"CURVE".ljust(20, b"\0") + greeting()[32:],
+        lambda ch: greeting(mechanism=b"CURVE"),
         "mechanism",
     ),
     "message-frame-before-ready": (
