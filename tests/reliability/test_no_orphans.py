@@ -14,7 +14,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,13 @@ from jupyter_client.manager import KernelManager
 from support import TIMEOUT
 from support.client import run
 from support.iopub import stream_text
-from support.kernel_process import KernelProcess, connected, kernel_manager, ready_client
+from support.kernel_process import (
+    KernelProcess,
+    connected,
+    kernel_manager,
+    ready_client,
+    trikernel_command,
+)
 from support.procs import alive, kill_pids, process_tree, wait_gone, wait_until
 
 from .helpers import assert_serves
@@ -182,15 +187,9 @@ def test_connection_file_written_by_trikernel_is_0600(tmp_path: Path) -> None:
     # when it exits.
     runtime = tmp_path / "runtime"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trikernel"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-    )
-    try:
+    with trikernel_command(
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    ) as proc:
         path = runtime / f"kernel-trikernel-{proc.pid}.json"
         wait_until(path.exists, TIMEOUT, "the connection file")
         assert mode(path) == 0o600
@@ -200,11 +199,6 @@ def test_connection_file_written_by_trikernel_is_0600(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=TIMEOUT) == 0
         assert not path.exists()
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-        proc.wait(timeout=TIMEOUT)
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 def test_connection_file_rewritten_with_real_ports_stays_0600(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """A kernel as a real process: ``python -m trikernel -f FILE`` started by hand
-(``KernelProcess``) or by jupyter_client from a kernelspec (``kernel_manager``), and a
-client that is ready (``ready_client``). Each is a context manager that ends what it
+(``KernelProcess``, or ``trikernel_command`` for any arguments) or by jupyter_client
+from a kernelspec (``kernel_manager``), and a client that is ready (``ready_client``). Each is a context manager that ends what it
 started: the client's channels, the kernel (its process group and every pid of its
 tree seen meanwhile), reaped.
 """
@@ -41,6 +41,26 @@ def ready_client(
         yield kc
     finally:
         kc.stop_channels()
+
+
+@contextlib.contextmanager
+def trikernel_command(*args: str, **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """``python -m trikernel ARGS`` in its own session, text mode (``popen``: Popen's
+    arguments, e.g. ``env``, ``stderr``). At the end its process group is SIGKILLed if
+    it still runs, it is reaped and its pipes are closed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trikernel", *args], start_new_session=True, text=True, **popen
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @contextlib.contextmanager
