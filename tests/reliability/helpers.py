@@ -41,16 +41,23 @@ def assert_serves(kc: BlockingKernelClient, timeout: float = TIMEOUT) -> None:
     assert result_text(outputs) == ["2"]
 
 
-def established_peers(port: int) -> set[tuple[str, int]]:
-    """Remote (ip, port) of ESTABLISHED IPv4 TCP connections whose local port is ``port``
-    (from /proc/net/tcp): the client side of every connection to a kernel port."""
-    peers = set()
+def established(port: int) -> list[list[str]]:
+    """The /proc/net/tcp rows (split into fields) of ESTABLISHED IPv4 connections whose
+    local port is ``port``: the kernel's side of every connection to a kernel port."""
+    rows = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        local, remote, state = fields[1], fields[2], fields[3]
-        if state != "01" or int(local.split(":")[1], 16) != port:
-            continue
-        ip_hex, port_hex = remote.split(":")
+        if fields[3] == "01" and int(fields[1].split(":")[1], 16) == port:
+            rows.append(fields)
+    return rows
+
+
+def established_peers(port: int) -> set[tuple[str, int]]:
+    """Remote (ip, port) of the ESTABLISHED connections to local ``port``: the client
+    side of every connection to a kernel port."""
+    peers = set()
+    for fields in established(port):
+        ip_hex, port_hex = fields[2].split(":")
         ip = socket.inet_ntoa(struct.pack("<I", int(ip_hex, 16)))
         peers.add((ip, int(port_hex, 16)))
     return peers

@@ -19,7 +19,7 @@ from support.client import control_request, interrupt, run
 from support.iopub import iopub_until, is_idle, stream_text
 from support.kernel_process import KernelProcess
 
-from .helpers import assert_serves
+from .helpers import assert_serves, established
 
 LINES = 100_000
 PRINT_LOTS = f"for i in range({LINES}): print('line', i, 'x' * 100)"
@@ -32,15 +32,7 @@ def expected_lines() -> list[str]:
 def kernel_tx_queue(kernel: KernelProcess, channel: str) -> list[int]:
     """Bytes waiting in the kernel's send buffers of its connections on ``channel``
     (from /proc/net/tcp: tx_queue of sockets whose local port is the channel's)."""
-    from pathlib import Path
-
-    port = kernel.port(channel)
-    queues = []
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "01" and int(fields[1].split(":")[1], 16) == port:
-            queues.append(int(fields[4].split(":")[0], 16))
-    return queues
+    return [int(fields[4].split(":")[0], 16) for fields in established(kernel.port(channel))]
 
 
 @pytest.fixture
