@@ -18,10 +18,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 from support import TIMEOUT
 from support.client import run
 from support.iopub import result_text, stream_text
+from support.kernel_process import KernelProcess
 from support.wire import handshake, message
 
 CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
@@ -74,6 +76,16 @@ def listening_addresses(port: int) -> set[str]:
             if state == "0A" and int(port_hex, 16) == port:
                 found.add(ip_hex)
     return found
+
+
+def stalled_subscriber(ctx: zmq.Context[Any], kernel: KernelProcess) -> zmq.Socket[Any]:
+    """A SUB socket on the kernel's iopub with tiny buffers, for the caller never to read."""
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 1)
+    sub.setsockopt(zmq.RCVBUF, 4096)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{kernel.port('iopub')}")
+    return sub  # never read
 
 
 # ---------------------------------------------------------------- raw peers

@@ -19,7 +19,7 @@ from support.client import control_request, interrupt, run
 from support.iopub import iopub_until, is_idle, stream_text
 from support.kernel_process import KernelProcess
 
-from .helpers import assert_serves, established
+from .helpers import assert_serves, established, stalled_subscriber
 
 LINES = 100_000
 PRINT_LOTS = f"for i in range({LINES}): print('line', i, 'x' * 100)"
@@ -42,15 +42,6 @@ def ctx() -> Iterator[zmq.Context[Any]]:
         yield context
     finally:
         context.destroy(linger=0)
-
-
-def stalled_subscriber(ctx: zmq.Context[Any], kernel: KernelProcess) -> zmq.Socket[Any]:
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 1)
-    sub.setsockopt(zmq.RCVBUF, 4096)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(f"tcp://127.0.0.1:{kernel.port('iopub')}")
-    return sub  # never read
 
 
 def signed_client(

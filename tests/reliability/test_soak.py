@@ -23,7 +23,7 @@ from support.iopub import stream_text
 from support.kernel_process import KernelProcess
 from support.procs import wait_gone, wait_until
 
-from .helpers import established_peers
+from .helpers import established_peers, stalled_subscriber
 
 
 def churn(
@@ -61,11 +61,7 @@ def soak(tmp_path: Path, executions: int) -> None:
             for _ in range(2)
         ]
         try:
-            sub = ctx.socket(zmq.SUB)  # never read
-            sub.setsockopt(zmq.RCVHWM, 1)
-            sub.setsockopt(zmq.RCVBUF, 4096)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            sub.connect(f"tcp://127.0.0.1:{kernel.port('iopub')}")
+            _stalled = stalled_subscriber(ctx, kernel)  # kept referenced, never read
             run(kc, "1")
             rss_before = kernel.rss_kib()
             for t in threads:

@@ -6,7 +6,6 @@ left unread by an earlier request, e.g. a second kernel_info_reply from
 
 from __future__ import annotations
 
-import queue
 import time
 from collections.abc import Callable, Collection
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from jupyter_client.blocking.client import BlockingKernelClient
 
 from . import TIMEOUT
-from .iopub import Msg, parent_id
+from .iopub import Msg, parent_id, receive_by
 
 
 def run(
@@ -38,12 +37,7 @@ def _replies(
     wanted, found = set(msg_ids), []
     deadline = time.monotonic() + timeout
     while wanted:
-        try:
-            msg = get(timeout=max(0.01, deadline - time.monotonic()))
-        except queue.Empty:
-            raise AssertionError(
-                f"timed out after {timeout:g} s waiting for the replies to {sorted(wanted)}"
-            ) from None
+        msg = receive_by(get, deadline, f"the replies to {sorted(wanted)} ({timeout:g} s)")
         if parent_id(msg) in wanted:
             wanted.discard(parent_id(msg))
             found.append(msg)

@@ -43,6 +43,15 @@ def result_text(outputs: list[Msg]) -> list[str]:
     return [c["data"]["text/plain"] for c in of_type(outputs, "execute_result")]
 
 
+def receive_by(get: Callable[..., Msg], deadline: float, what: str) -> Msg:
+    """The next message from ``get`` (a channel's get_msg); AssertionError naming
+    ``what`` if none comes before ``deadline`` (time.monotonic)."""
+    try:
+        return get(timeout=max(0.01, deadline - time.monotonic()))
+    except queue.Empty:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
 def iopub_until(
     kc: BlockingKernelClient,
     msg_id: str,
@@ -58,13 +67,7 @@ def iopub_until(
     others to ``others`` (if given). AssertionError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        left = deadline - time.monotonic()
-        try:
-            msg = kc.get_iopub_msg(timeout=max(0.01, left))
-        except queue.Empty:
-            raise AssertionError(
-                f"timed out after {timeout:g} s waiting for iopub of {msg_id}"
-            ) from None
+        msg = receive_by(kc.get_iopub_msg, deadline, f"iopub of {msg_id} ({timeout:g} s)")
         if parent_id(msg) != msg_id:
             if others is not None:
                 others.append(msg)
