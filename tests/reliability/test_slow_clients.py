@@ -14,8 +14,7 @@ import pytest
 import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.session import Session
-from support import TIMEOUT
-from support.client import control_request, interrupt, run
+from support.client import control_request, interrupt, run, stdin_request
 from support.iopub import iopub_until, is_idle, stream_text
 from support.kernel_process import KernelProcess
 
@@ -140,7 +139,7 @@ def test_stdin_peer_disconnects_while_input_waits(
     other = kernel.client()
     try:
         msg_id = other.execute("x = input('name? ')", allow_stdin=True)
-        request = other.get_stdin_msg(timeout=TIMEOUT)
+        request = stdin_request(other, msg_id)
         assert request["content"]["prompt"] == "name? "
     finally:
         other.stop_channels()  # gone without answering

@@ -63,6 +63,11 @@ def shell_replies(
     return _replies(kc.get_shell_msg, msg_ids, timeout, None)
 
 
+def stdin_request(kc: BlockingKernelClient, msg_id: str, timeout: float = TIMEOUT) -> Msg:
+    """The kernel's input_request for request ``msg_id`` (on stdin); others are skipped."""
+    return _replies(kc.get_stdin_msg, [msg_id], timeout, None)[0]
+
+
 def control_reply(kc: BlockingKernelClient, msg_id: str, timeout: float = TIMEOUT) -> Msg:
     """The control reply to request ``msg_id``; replies to others are skipped."""
     return _replies(kc.control_channel.get_msg, [msg_id], timeout, None)[0]
