@@ -6,14 +6,13 @@ left unread by an earlier request, e.g. a second kernel_info_reply from
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Collection
 from typing import Any
 
 from jupyter_client.blocking.client import BlockingKernelClient
 
 from . import TIMEOUT
-from .iopub import Msg, parent_id, receive_by
+from .iopub import Msg, parent_id, read_until
 
 
 def run(
@@ -35,14 +34,15 @@ def _replies(
 ) -> list[Msg]:
     """Read with ``get`` until each of ``msg_ids`` has its reply; the replies in arrival order."""
     wanted, found = set(msg_ids), []
-    deadline = time.monotonic() + timeout
-    while wanted:
-        msg = receive_by(get, deadline, f"the replies to {sorted(wanted)} ({timeout:g} s)")
-        if parent_id(msg) in wanted:
-            wanted.discard(parent_id(msg))
-            found.append(msg)
-        elif others is not None:
-            others.append(msg)
+    read_until(
+        get,
+        lambda msg: parent_id(msg) in wanted,
+        lambda _: len(found) == len(wanted),
+        found,
+        others,
+        timeout,
+        f"the replies to {sorted(wanted)}",
+    )
     return found
 
 

@@ -43,13 +43,31 @@ def result_text(outputs: list[Msg]) -> list[str]:
     return [c["data"]["text/plain"] for c in of_type(outputs, "execute_result")]
 
 
-def receive_by(get: Callable[..., Msg], deadline: float, what: str) -> Msg:
-    """The next message from ``get`` (a channel's get_msg); AssertionError naming
-    ``what`` if none comes before ``deadline`` (time.monotonic)."""
-    try:
-        return get(timeout=max(0.01, deadline - time.monotonic()))
-    except queue.Empty:
-        raise AssertionError(f"timed out waiting for {what}") from None
+def read_until(
+    get: Callable[..., Msg],
+    keep: Callable[[Msg], bool],
+    done: Callable[[Msg], bool],
+    kept: list[Msg],
+    others: list[Msg] | None,
+    timeout: float,
+    what: str,
+) -> Msg:
+    """Read with ``get`` (a channel's get_msg) until ``done(msg)`` for a message that
+    ``keep`` accepts; return it. Accepted messages go to ``kept``, the rest to
+    ``others`` (if given). AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            msg = get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
+        if not keep(msg):
+            if others is not None:
+                others.append(msg)
+            continue
+        kept.append(msg)
+        if done(msg):
+            return msg
 
 
 def iopub_until(
@@ -65,17 +83,15 @@ def iopub_until(
 
     That request's messages (the last one too) are appended to ``outputs``, the
     others to ``others`` (if given). AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = receive_by(kc.get_iopub_msg, deadline, f"iopub of {msg_id} ({timeout:g} s)")
-        if parent_id(msg) != msg_id:
-            if others is not None:
-                others.append(msg)
-            continue
-        if outputs is not None:
-            outputs.append(msg)
-        if done(msg):
-            return msg
+    return read_until(
+        kc.get_iopub_msg,
+        lambda msg: parent_id(msg) == msg_id,
+        done,
+        [] if outputs is None else outputs,
+        others,
+        timeout,
+        f"iopub of {msg_id}",
+    )
 
 
 def outputs_until_idle(
