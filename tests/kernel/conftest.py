@@ -11,9 +11,6 @@ import os
 import tempfile
 from pathlib import Path
 
-from procs import alive as alive
-from procs import process_tree as process_tree
-
 from trikernel.kernelspec import install
 
 _prefix = tempfile.mkdtemp(prefix="trikernel-test-prefix-")

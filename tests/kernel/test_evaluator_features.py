@@ -29,10 +29,13 @@ from typing import Any
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
+from support import TIMEOUT
+from support.client import shell_reply
+from support.iopub import iopub_until, of_type, outputs_until_idle, stream_text
+from support.kernel_process import kernel_manager, ready_client
 
 from .conftest import KERNEL_NAME
 
-TIMEOUT = 20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -62,46 +65,22 @@ class Kernel:
 
     def finish(self, msg_id: str) -> tuple[dict, list[dict]]:
         outputs = self.outputs_until_idle(msg_id)
-        return self.shell_reply(msg_id)["content"], outputs
+        return shell_reply(self.kc, msg_id)["content"], outputs
 
-    def outputs_until_idle(self, msg_id: str, timeout: float = TIMEOUT) -> list[dict]:
-        """iopub messages with parent ``msg_id`` until its idle status."""
-        outputs: list[dict] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
-            if msg["parent_header"].get("msg_id") != msg_id:
-                self.stray.append(msg)
-                continue
-            if msg["msg_type"] == "status":
-                if msg["content"]["execution_state"] == "idle":
-                    return outputs
-                continue
-            outputs.append(msg)
+    def outputs_until_idle(self, msg_id: str) -> list[dict]:
+        """iopub messages with parent ``msg_id`` until its idle status (no statuses)."""
+        return outputs_until_idle(self.kc, msg_id, others=self.stray)
 
     def wait_for_output(self, msg_id: str, predicate: Callable[[dict], bool]) -> list[dict]:
         """iopub messages of ``msg_id`` up to the first that satisfies ``predicate``."""
         seen: list[dict] = []
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
-            if msg["parent_header"].get("msg_id") != msg_id:
-                self.stray.append(msg)
-                continue
-            seen.append(msg)
-            if predicate(msg):
-                return seen
-
-    def shell_reply(self, msg_id: str) -> dict:
-        while True:
-            msg = self.kc.get_shell_msg(timeout=TIMEOUT)
-            if msg["parent_header"].get("msg_id") == msg_id:
-                return msg
+        iopub_until(self.kc, msg_id, predicate, seen, others=self.stray)
+        return seen
 
     def request(self, method: str, *args: Any, **kwargs: Any) -> dict:
         """complete/inspect/history/is_complete/comm_info: the reply's content."""
         msg_id = getattr(self.kc, method)(*args, **kwargs)
-        return self.shell_reply(msg_id)["content"]
+        return shell_reply(self.kc, msg_id)["content"]
 
     def send_shell(
         self,
@@ -122,22 +101,14 @@ class Kernel:
         """Run ``code`` (which prints 'started'), interrupt it then (message mode):
         (reply content, outputs, seconds from the interrupt to idle)."""
         msg_id = self.kc.execute(code)
-        seen = self.wait_for_output(msg_id, lambda m: "started" in stdout([m]))
+        seen = self.wait_for_output(msg_id, lambda m: "started" in stream_text([m]))
         time.sleep(0.2)
         start = time.monotonic()
         self.km.interrupt_kernel()
         outputs = [m for m in seen if m["msg_type"] != "status"]
         outputs += self.outputs_until_idle(msg_id)
         elapsed = time.monotonic() - start
-        return self.shell_reply(msg_id)["content"], outputs, elapsed
-
-
-def of_type(outputs: list[dict], msg_type: str) -> list[dict]:
-    return [m["content"] for m in outputs if m["msg_type"] == msg_type]
-
-
-def stdout(outputs: list[dict], name: str = "stdout") -> str:
-    return "".join(c["text"] for c in of_type(outputs, "stream") if c["name"] == name)
+        return shell_reply(self.kc, msg_id)["content"], outputs, elapsed
 
 
 def plain(text: str) -> str:
@@ -145,19 +116,9 @@ def plain(text: str) -> str:
 
 
 def start_kernel(ipython_dir: Path) -> Iterator[Kernel]:
-    km = KernelManager(kernel_name=KERNEL_NAME)
-    km.start_kernel(env={**os.environ, "IPYTHONDIR": str(ipython_dir)})
-    try:
-        kc = km.client()
-        kc.start_channels()
-        try:
-            kc.wait_for_ready(timeout=60)
-            yield Kernel(km, kc)
-        finally:
-            kc.stop_channels()
-    finally:
-        if km.has_kernel:
-            km.shutdown_kernel(now=True)
+    env = {**os.environ, "IPYTHONDIR": str(ipython_dir)}
+    with kernel_manager(KERNEL_NAME, env=env) as km, ready_client(km.client(), 60) as kc:
+        yield Kernel(km, kc)
 
 
 @pytest.fixture(scope="module")
@@ -373,7 +334,7 @@ def test_frontend_comm_to_a_registered_target(shared: Kernel) -> None:
     closed = shared.send_shell("comm_close", {"comm_id": comm_id, "data": {"bye": 3}})
     shared.outputs_until_idle(closed)
     expected = [("open", {"hello": 1}), ("msg", {"n": 2}, [b"\x07\x08"]), ("close", {"bye": 3})]
-    assert stdout(shared.ok("print(got)")) == f"{expected!r}\n"
+    assert stream_text(shared.ok("print(got)")) == f"{expected!r}\n"
     assert comm_id not in shared.request("comm_info")["comms"]
 
 
@@ -419,7 +380,7 @@ def test_comm_metadata_and_header_reach_the_handlers(shared: Kernel) -> None:
         (opened, "comm_open", {"version": "2.1.0"}),
         (sent, "comm_msg", {"tag": ["a", 1]}),
     ]
-    assert stdout(shared.ok("print(met)")) == f"{expected!r}\n"
+    assert stream_text(shared.ok("print(met)")) == f"{expected!r}\n"
 
 
 def test_a_cell_sees_its_request_as_the_kernels_parent(shared: Kernel) -> None:
@@ -430,7 +391,7 @@ def test_a_cell_sees_its_request_as_the_kernels_parent(shared: Kernel) -> None:
     content = {"code": code, "silent": False, "store_history": True}
     msg_id = shared.send_shell("execute_request", content, metadata={"cellId": "cell-7"})
     outputs = shared.outputs_until_idle(msg_id)
-    assert stdout(outputs) == f"{msg_id} {shared.kc.session.session} cell-7\n"
+    assert stream_text(outputs) == f"{msg_id} {shared.kc.session.session} cell-7\n"
 
 
 def _output_widget(kernel: Kernel, name: str) -> str:
@@ -603,11 +564,11 @@ def test_trio_sleep_and_nursery_in_cells(shared: Kernel) -> None:
         "    n.start_soon(later, 0.0, 'fast')\n"
         "print(order)"
     )
-    assert stdout(outputs) == "['fast', 'slow']\n"
+    assert stream_text(outputs) == "['fast', 'slow']\n"
 
 
 def _ticks(outputs: list[dict]) -> list[int]:
-    return [int(n) for n in re.findall(r"tick (\d+)", stdout(outputs))]
+    return [int(n) for n in re.findall(r"tick (\d+)", stream_text(outputs))]
 
 
 def test_background_task_outlives_an_interrupt(lively: Kernel) -> None:
@@ -745,22 +706,22 @@ def test_autoawait_chooses_the_loop(shared: Kernel) -> None:
         "hidden = Hidden()"
     )
     try:
-        assert "auto" in stdout(shared.ok("%autoawait"))
+        assert "auto" in stream_text(shared.ok("%autoawait"))
         reply, outputs = shared.run("await hidden.get()")  # auto: trio
         assert reply["status"] == "error"
-        assert "%autoawait asyncio" in stdout(outputs, "stderr")
+        assert "%autoawait asyncio" in stream_text(outputs, "stderr")
         shared.ok("%autoawait asyncio")
         assert shared.value("await hidden.get()") == "'via asyncio'"
         reply, outputs = shared.run("await trio.sleep(0)")
         assert reply["status"] == "error"
-        assert "%autoawait trio" in stdout(outputs, "stderr")
+        assert "%autoawait trio" in stream_text(outputs, "stderr")
         shared.ok("%autoawait trio")
         shared.ok("await trio.sleep(0)")
         reply, _ = shared.run("%autoawait curio")
         assert reply["ename"] == "UsageError"
     finally:
         shared.ok("%autoawait auto")
-    assert "auto" in stdout(shared.ok("%autoawait"))
+    assert "auto" in stream_text(shared.ok("%autoawait"))
 
 
 def test_asyncio_cell_interrupts(lively: Kernel) -> None:
@@ -835,10 +796,10 @@ def test_execution_count_continues_after_an_evaluator_crash(lively: Kernel) -> N
     (started,) = of_type(outputs, "execute_input")
     assert reply["status"] == "error" and reply["ename"] == "EvaluatorDied"
     assert "exited with code 3" in reply["evalue"]
-    assert "namespace was reset" in stdout(outputs, "stderr")
+    assert "namespace was reset" in stream_text(outputs, "stderr")
     assert reply["execution_count"] == started["execution_count"]
     reply, outputs = lively.run("print('alive')")
-    assert reply["status"] == "ok" and stdout(outputs) == "alive\n"
+    assert reply["status"] == "ok" and stream_text(outputs) == "alive\n"
     assert reply["execution_count"] == started["execution_count"] + 1
     assert lively.value("'kept' in dir()") == "False"  # a fresh namespace
     with pytest.raises(Empty):  # the ticker died with the old evaluator

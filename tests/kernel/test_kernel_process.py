@@ -21,77 +21,48 @@ import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+from support import TIMEOUT
+from support.client import run, shell_reply
+from support.iopub import iopub_until, of_type, result_text, stream_text
+from support.kernel_process import kernel_manager, ready_client
+from support.procs import process_tree, wait_gone
 
-from .conftest import KERNEL_NAME, alive, process_tree
-
-TIMEOUT = 20
+from .conftest import KERNEL_NAME
 
 
 @pytest.fixture
 def km() -> Iterator[KernelManager]:
-    manager = KernelManager(kernel_name=KERNEL_NAME)
-    manager.start_kernel()
-    try:
+    with kernel_manager(KERNEL_NAME) as manager:
         yield manager
-    finally:
-        if manager.has_kernel:
-            manager.shutdown_kernel(now=True)
 
 
 @pytest.fixture
 def kc(km: KernelManager) -> Iterator[BlockingKernelClient]:
-    client = km.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=TIMEOUT)
+    with ready_client(km.client()) as client:
         yield client
-    finally:
-        client.stop_channels()
-
-
-def run(kc: BlockingKernelClient, code: str, **kwargs: object) -> tuple[dict, list[dict]]:
-    outputs: list[dict] = []
-    reply = kc.execute_interactive(code, timeout=TIMEOUT, output_hook=outputs.append, **kwargs)
-    return reply, outputs
-
-
-def stdout(outputs: list[dict]) -> str:
-    return "".join(
-        m["content"]["text"]
-        for m in outputs
-        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
-    )
 
 
 def test_execute_stream_result_and_error(kc: BlockingKernelClient) -> None:
     reply, outputs = run(kc, "print('hi'); 1 + 1")
     assert reply["content"]["status"] == "ok"
-    assert stdout(outputs) == "hi\n"
-    results = [
-        m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "execute_result"
-    ]
-    assert results == ["2"]
+    assert stream_text(outputs) == "hi\n"
+    assert result_text(outputs) == ["2"]
     reply, outputs = run(kc, "1/0")
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "ZeroDivisionError"
-    assert [m["content"]["ename"] for m in outputs if m["msg_type"] == "error"] == [
-        "ZeroDivisionError"
-    ]
+    assert [c["ename"] for c in of_type(outputs, "error")] == ["ZeroDivisionError"]
 
 
 def test_idle_never_overtakes_output(kc: BlockingKernelClient) -> None:
     reply, outputs = run(kc, "for i in range(2000): print(i)")
     assert reply["content"]["status"] == "ok"
-    assert stdout(outputs).split() == [str(i) for i in range(2000)]
+    assert stream_text(outputs).split() == [str(i) for i in range(2000)]
 
 
 def test_output_before_a_blocking_call_arrives_quickly(kc: BlockingKernelClient) -> None:
-    kc.execute("print('early', flush=False); import time; time.sleep(3)")
+    msg_id = kc.execute("print('early', flush=False); import time; time.sleep(3)")
     start = time.monotonic()
-    while True:
-        msg = kc.get_iopub_msg(timeout=TIMEOUT)
-        if msg["msg_type"] == "stream":
-            break
+    msg = iopub_until(kc, msg_id, lambda m: m["msg_type"] == "stream")
     latency = time.monotonic() - start
     assert msg["content"]["text"] == "early\n"
     assert latency < 1.0  # well before the 3 s sleep ends (target: 200 ms)
@@ -107,7 +78,7 @@ def test_stdin_round_trip_and_password(kc: BlockingKernelClient) -> None:
     code = "import getpass\nname = input('name? ')\npw = getpass.getpass('pw? ')\nprint(name, pw)"
     reply, outputs = run(kc, code, allow_stdin=True, stdin_hook=answer)
     assert reply["content"]["status"] == "ok"
-    assert stdout(outputs).strip().endswith("alice secret")
+    assert stream_text(outputs).strip().endswith("alice secret")
     assert prompts == [("name? ", False), ("pw? ", True)]
 
 
@@ -128,14 +99,11 @@ def test_interrupt_message_mode_keeps_namespace(
     time.sleep(1)
     start = time.monotonic()
     km.interrupt_kernel()
-    reply = kc.get_shell_msg(timeout=TIMEOUT)
-    assert reply["parent_header"]["msg_id"] == msg_id
+    reply = shell_reply(kc, msg_id)
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert time.monotonic() - start < 5
     reply, outputs = run(kc, "x + 1")
-    assert [
-        m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "execute_result"
-    ] == ["42"]
+    assert result_text(outputs) == ["42"]
 
 
 def test_sigint_to_the_process_group_interrupts(
@@ -146,8 +114,7 @@ def test_sigint_to_the_process_group_interrupts(
     time.sleep(1)
     assert km.provisioner is not None
     os.killpg(os.getpgid(km.provisioner.process.pid), signal.SIGINT)
-    reply = kc.get_shell_msg(timeout=TIMEOUT)
-    assert reply["parent_header"]["msg_id"] == msg_id
+    reply = shell_reply(kc, msg_id)
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert km.is_alive()
     assert run(kc, "1")[0]["content"]["status"] == "ok"
@@ -167,10 +134,7 @@ def test_shutdown_leaves_no_process_behind(km: KernelManager, kc: BlockingKernel
     tree = process_tree(km.provisioner.process.pid)
     assert len(tree) >= 2  # the kernel and its evaluator
     km.shutdown_kernel(now=False)
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in tree) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert [p for p in tree if alive(p)] == []
+    wait_gone(tree, 10)
 
 
 def test_nbclient_runs_a_notebook() -> None:
@@ -254,9 +218,9 @@ def test_unencodable_output_is_an_error_and_odd_text_survives(kc: BlockingKernel
         "s = 'caf\\u00e9 \\u2603 ' + chr(0xd800); display({'text/plain': s}, raw=True); print(s)",
     )
     assert reply["content"]["status"] == "ok"
-    shown = [m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "display_data"]
+    shown = [c["data"]["text/plain"] for c in of_type(outputs, "display_data")]
     assert shown == [text]
-    assert stdout(outputs) == text + "\n"
+    assert stream_text(outputs) == text + "\n"
 
 
 def test_big_displays_back_to_back_all_arrive_then_idle(kc: BlockingKernelClient) -> None:
@@ -265,6 +229,6 @@ def test_big_displays_back_to_back_all_arrive_then_idle(kc: BlockingKernelClient
     code = "for c in 'ab': display({'text/plain': c * 40_000_000}, raw=True)\nprint('done')"
     reply, outputs = run(kc, code)
     assert reply["content"]["status"] == "ok"
-    shown = [m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "display_data"]
+    shown = [c["data"]["text/plain"] for c in of_type(outputs, "display_data")]
     assert [(s[0], len(s)) for s in shown] == [("a", 40_000_000), ("b", 40_000_000)]
-    assert stdout(outputs) == "done\n"
+    assert stream_text(outputs) == "done\n"

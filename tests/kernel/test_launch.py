@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import trio
+from support.kernel_process import trikernel_command
 
 from trikernel import __version__
 from trikernel.client import open_client
@@ -52,14 +53,7 @@ async def test_without_a_connection_file_it_writes_one_and_says_how_to_attach(
     tmp_path: Path,
 ) -> None:
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trikernel"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
+    with trikernel_command(stderr=subprocess.PIPE, env=env) as process:
         assert process.stderr is not None
         line = ""
         with trio.fail_after(30):
@@ -78,10 +72,6 @@ async def test_without_a_connection_file_it_writes_one_and_says_how_to_attach(
         await trio.to_thread.run_sync(process.wait, 10)
         assert process.returncode == 0
         assert not path.exists()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_ports_are_bound_before_trio_is_imported() -> None:

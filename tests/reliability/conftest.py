@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
-
-from .helpers import KernelProcess
+from support.kernel_process import KernelProcess, connected
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +33,8 @@ def kernel(module_dir: Path) -> Iterator[KernelProcess]:
 @pytest.fixture(scope="module")
 def kc(kernel: KernelProcess) -> Iterator[BlockingKernelClient]:
     """One jupyter_client client for the whole module: it must survive every test."""
-    client = kernel.client()
-    try:
+    with connected(kernel) as client:
         yield client
-    finally:
-        client.stop_channels()
 
 
 # A kernelspec for KernelManager tests, in a temporary JUPYTER_PATH entry (as

@@ -1,6 +1,6 @@
-"""Helpers for the reliability tests: start ``python -m trikernel`` as a real process,
-talk to it with jupyter_client or with raw sockets, and look at it from outside
-(/proc: process tree, RSS, listening sockets, its stderr log).
+"""Helpers for the reliability tests: a kernel process (``support.kernel_process``)
+talked to with jupyter_client or with raw sockets, and looked at from outside
+(/proc/net: connections and listening sockets).
 
 Rules kept by every test here: every wait has a timeout, every process started is
 killed (its process group, and every pid of its tree seen while it ran) in a finally.
@@ -8,257 +8,32 @@ killed (its process group, and every pid of its tree seen while it ran) in a fin
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
-import os
-import re
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.connect import write_connection_file
-from procs import alive as alive
-from procs import process_tree as process_tree
+from support import TIMEOUT
+from support.client import run
+from support.iopub import result_text, stream_text
+from support.kernel_process import KernelProcess
+from support.wire import handshake, message
 
-TIMEOUT = 20.0
 CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
 ROUTER_CHANNELS = ("shell", "control", "stdin")
-
-
-# ---------------------------------------------------------------- processes (/proc)
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def rss_kib(pid: int) -> int:
-    """VmRSS of pid in KiB (from /proc/PID/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
-    """Poll until predicate() is truthy; AssertionError naming ``what`` at the timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(step)
-
-
-def kill_pids(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-# ---------------------------------------------------------------- the kernel process
-
-
-class KernelProcess:
-    """``python -m trikernel -f FILE ...`` in its own session, stderr to a file.
-
-    Use as a context manager: on exit the process group and every pid of the tree
-    seen meanwhile are SIGKILLed and the kernel is reaped."""
-
-    def __init__(
-        self,
-        directory: Path,
-        *,
-        key: bytes | None = None,
-        args: tuple[str, ...] = ("--interrupt-grace", "1"),
-        env: dict[str, str] | None = None,
-        ip: str = "127.0.0.1",
-    ) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.key = str(uuid.uuid4()).encode() if key is None else key
-        self.connection_file = str(self.directory / f"kernel-{uuid.uuid4().hex[:8]}.json")
-        _, self.info = write_connection_file(self.connection_file, ip=ip, key=self.key)
-        self.args = args
-        self.env = env
-        self.log_path = self.directory / f"{Path(self.connection_file).stem}.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.seen: set[int] = set()
-
-    # lifecycle
-    def start(self) -> KernelProcess:
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trikernel", "-f", self.connection_file, *self.args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                env=self.env,
-            )
-        return self
-
-    def __enter__(self) -> KernelProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def tree(self) -> list[int]:
-        pids = process_tree(self.pid) if alive(self.pid) else []
-        self.seen.update(pids)
-        return pids
-
-    def evaluator_pids(self) -> list[int]:
-        return [p for p in self.tree() if "trikernel.evaluator" in cmdline(p)]
-
-    def wait_evaluator(self, timeout: float = TIMEOUT) -> int:
-        pids = wait_until(self.evaluator_pids, timeout, "an evaluator process")
-        return int(pids[0])
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        self.tree()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        kill_pids(sorted(self.seen))
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-
-    # observation
-    def port(self, channel: str) -> int:
-        return int(self.info[f"{channel}_port"])
-
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def log_since(self, offset: int) -> list[str]:
-        with open(self.log_path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", "replace").splitlines()
-
-    def wait_log(self, pattern: str, offset: int, timeout: float = 5.0) -> list[str]:
-        """New log lines (since ``offset``) once one matches ``pattern``."""
-        regex = re.compile(pattern)
-
-        def found() -> list[str] | None:
-            lines = self.log_since(offset)
-            return lines if any(regex.search(line) for line in lines) else None
-
-        return list(wait_until(found, timeout, f"a kernel log line matching {pattern!r}"))
-
-    def rss_kib(self) -> int:
-        return rss_kib(self.pid)
-
-    # clients
-    def client(self, **kwargs: Any) -> BlockingKernelClient:
-        kc = BlockingKernelClient(connection_file=self.connection_file, **kwargs)
-        kc.load_connection_file()
-        kc.start_channels()
-        try:
-            kc.wait_for_ready(timeout=TIMEOUT)
-        except BaseException:
-            kc.stop_channels()
-            raise
-        return kc
-
-
-@contextlib.contextmanager
-def running_kernel(directory: Path, **kwargs: Any) -> Iterator[KernelProcess]:
-    with KernelProcess(directory, **kwargs) as kernel:
-        yield kernel
-
-
-@contextlib.contextmanager
-def connected(kernel: KernelProcess) -> Iterator[BlockingKernelClient]:
-    kc = kernel.client()
-    try:
-        yield kc
-    finally:
-        kc.stop_channels()
-
-
-def run(
-    kc: BlockingKernelClient, code: str, timeout: float = TIMEOUT, **kwargs: Any
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Execute ``code``; (execute_reply, iopub messages of that request up to idle)."""
-    outputs: list[dict[str, Any]] = []
-    reply = kc.execute_interactive(code, timeout=timeout, output_hook=outputs.append, **kwargs)
-    return reply, outputs
-
-
-def iopub_until(
-    kc: BlockingKernelClient,
-    done: Callable[[dict[str, Any]], bool],
-    msg_id: str | None = None,
-    outputs: list[dict[str, Any]] | None = None,
-    timeout: float = TIMEOUT,
-) -> dict[str, Any]:
-    """Read iopub until ``done(msg)``, which is returned. With ``msg_id``, only that
-    request's messages count, each appended to ``outputs`` if given."""
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg_id is not None and msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if outputs is not None:
-            outputs.append(msg)
-        if done(msg):
-            return msg
-
-
-def is_idle(msg: dict[str, Any]) -> bool:
-    return msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
-
-
-def shell_reply(kc: BlockingKernelClient, msg_id: str) -> dict[str, Any]:
-    reply = kc.get_shell_msg(timeout=TIMEOUT)
-    assert reply["parent_header"]["msg_id"] == msg_id
-    return reply
 
 
 def evaluator_pid(kc: BlockingKernelClient) -> int:
     reply, outputs = run(kc, "import os; print(os.getpid())")
     assert reply["content"]["status"] == "ok"
     return int(stream_text(outputs))
-
-
-def stream_text(outputs: list[dict[str, Any]], name: str = "stdout") -> str:
-    return "".join(
-        m["content"]["text"]
-        for m in outputs
-        if m["msg_type"] == "stream" and m["content"]["name"] == name
-    )
-
-
-def result_text(outputs: list[dict[str, Any]]) -> list[str]:
-    return [
-        m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "execute_result"
-    ]
 
 
 def assert_serves(kc: BlockingKernelClient, timeout: float = TIMEOUT) -> None:
@@ -268,16 +43,23 @@ def assert_serves(kc: BlockingKernelClient, timeout: float = TIMEOUT) -> None:
     assert result_text(outputs) == ["2"]
 
 
-def established_peers(port: int) -> set[tuple[str, int]]:
-    """Remote (ip, port) of ESTABLISHED IPv4 TCP connections whose local port is ``port``
-    (from /proc/net/tcp): the client side of every connection to a kernel port."""
-    peers = set()
+def established(port: int) -> list[list[str]]:
+    """The /proc/net/tcp rows (split into fields) of ESTABLISHED IPv4 connections whose
+    local port is ``port``: the kernel's side of every connection to a kernel port."""
+    rows = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        local, remote, state = fields[1], fields[2], fields[3]
-        if state != "01" or int(local.split(":")[1], 16) != port:
-            continue
-        ip_hex, port_hex = remote.split(":")
+        if fields[3] == "01" and int(fields[1].split(":")[1], 16) == port:
+            rows.append(fields)
+    return rows
+
+
+def established_peers(port: int) -> set[tuple[str, int]]:
+    """Remote (ip, port) of the ESTABLISHED connections to local ``port``: the client
+    side of every connection to a kernel port."""
+    peers = set()
+    for fields in established(port):
+        ip_hex, port_hex = fields[2].split(":")
         ip = socket.inet_ntoa(struct.pack("<I", int(ip_hex, 16)))
         peers.add((ip, int(port_hex, 16)))
     return peers
@@ -296,43 +78,19 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-# ---------------------------------------------------------------- raw ZMTP peers
-# Encoded here from the spec, not with trikernel's codec: these tests must not share
-# the code they test.
+def stalled_subscriber(ctx: zmq.Context[Any], kernel: KernelProcess) -> zmq.Socket[Any]:
+    """A SUB socket on the kernel's iopub with tiny buffers, for the caller never to read."""
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 1)
+    sub.setsockopt(zmq.RCVBUF, 4096)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{kernel.port('iopub')}")
+    return sub  # never read
 
 
-def greeting(minor: int = 1) -> bytes:
-    return (b"\xff" + b"\0" * 7 + b"\x01\x7f" + bytes([3, minor]) + b"NULL".ljust(20, b"\0")).ljust(
-        64, b"\0"
-    )
-
-
-def frame(body: bytes, more: bool = False, command: bool = False) -> bytes:
-    flags = (1 if more else 0) | (4 if command else 0)
-    if len(body) > 255:
-        return struct.pack(">BQ", flags | 2, len(body)) + body
-    return struct.pack(">BB", flags, len(body)) + body
-
-
-def ready(socket_type: str, identity: bytes | None = None) -> bytes:
-    props = [(b"Socket-Type", socket_type.encode())]
-    if identity is not None:
-        props.append((b"Identity", identity))
-    body = b"\x05READY" + b"".join(
-        bytes([len(k)]) + k + struct.pack(">I", len(v)) + v for k, v in props
-    )
-    return frame(body, command=True)
-
-
-def message(frames: list[bytes]) -> bytes:
-    return b"".join(frame(f, more=i < len(frames) - 1) for i, f in enumerate(frames))
-
-
-PEER_TYPE = {"shell": "DEALER", "control": "DEALER", "stdin": "DEALER", "iopub": "SUB", "hb": "REQ"}
-
-
-def handshake(channel: str, identity: bytes | None = None) -> bytes:
-    return greeting() + ready(PEER_TYPE[channel], identity)
+# ---------------------------------------------------------------- raw peers
+# Bytes from support.wire (the spec, not trikernel's codec) and hand-signed Jupyter
+# messages: these tests must not share the code they test.
 
 
 def raw_send(port: int, data: bytes, *, linger: float = 0.3, half_close: bool = True) -> bytes:

@@ -20,21 +20,12 @@ from typing import Any
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
+from support.client import run, shell_reply
+from support.iopub import iopub_until, is_idle, parent_id, result_text, stream_text
+from support.kernel_process import KernelProcess
+from support.procs import alive, rss_kib
 
-from .helpers import (
-    TIMEOUT,
-    KernelProcess,
-    alive,
-    established_peers,
-    evaluator_pid,
-    iopub_until,
-    is_idle,
-    result_text,
-    rss_kib,
-    run,
-    shell_reply,
-    stream_text,
-)
+from .helpers import established_peers, evaluator_pid
 
 CONNECTED = ("shell", "control", "stdin", "iopub")
 
@@ -80,11 +71,11 @@ def run_until_death(
         def printed(msg: dict[str, Any]) -> bool:
             return msg["msg_type"] == "stream" and after in msg["content"]["text"]
 
-        if not is_idle(iopub_until(kc, lambda m: printed(m) or is_idle(m), msg_id, outputs)):
+        if not is_idle(iopub_until(kc, msg_id, lambda m: printed(m) or is_idle(m), outputs)):
             os.kill(kill, signal.SIGKILL)
-            iopub_until(kc, is_idle, msg_id, outputs)
+            iopub_until(kc, msg_id, is_idle, outputs)
     else:
-        iopub_until(kc, is_idle, msg_id, outputs)
+        iopub_until(kc, msg_id, is_idle, outputs)
     return shell_reply(kc, msg_id), outputs
 
 
@@ -154,21 +145,15 @@ def test_sigkill_from_outside_while_running(
     if oom:
         outputs: list[dict[str, Any]] = []
         msg_id = kc.execute(code)
-        while True:  # wait for the allocation, check it is real, then kill
-            msg = kc.get_iopub_msg(timeout=TIMEOUT)
-            if msg["parent_header"].get("msg_id") == msg_id:
-                outputs.append(msg)
-                if msg["msg_type"] == "stream" and "grown" in msg["content"]["text"]:
-                    break
+
+        def grown(msg: dict[str, Any]) -> bool:
+            return msg["msg_type"] == "stream" and "grown" in msg["content"]["text"]
+
+        iopub_until(kc, msg_id, grown, outputs)  # the allocation: check it is real, then kill
         assert rss_kib(old) > 200 * 1024
         os.kill(old, signal.SIGKILL)
-        while True:
-            msg = kc.get_iopub_msg(timeout=TIMEOUT)
-            if msg["parent_header"].get("msg_id") == msg_id:
-                outputs.append(msg)
-                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    break
-        reply = kc.get_shell_msg(timeout=TIMEOUT)
+        iopub_until(kc, msg_id, is_idle, outputs)
+        reply = shell_reply(kc, msg_id)
     else:
         reply, outputs = run_until_death(kc, code, kill=old, after="sleeping")
     assert time.monotonic() - start < 10  # not the 60 s sleep
@@ -184,10 +169,14 @@ def test_sigkill_while_idle(
     kernel: KernelProcess, kc: BlockingKernelClient, baseline: dict[str, Any]
 ) -> None:
     old = evaluator_pid(kc)
-    run(kc, "before_death = 1")
+    last, _ = run(kc, "before_death = 1")
     os.kill(old, signal.SIGKILL)
     # The notice goes out on iopub (stderr, parent: the last request) by itself.
-    msg = iopub_until(kc, lambda m: m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+    msg = iopub_until(
+        kc,
+        parent_id(last),
+        lambda m: m["msg_type"] == "stream" and m["content"]["name"] == "stderr",
+    )
     assert "while idle" in msg["content"]["text"]
     assert "namespace was reset" in msg["content"]["text"]
     check_survived(kernel, kc, baseline, old)

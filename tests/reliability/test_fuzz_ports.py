@@ -27,21 +27,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jupyter_client.blocking.client import BlockingKernelClient
+from support.kernel_process import KernelProcess
+from support.wire import PEER_TYPE, frame, greeting, message, ready
 
-from .helpers import (
-    CHANNELS,
-    PEER_TYPE,
-    ROUTER_CHANNELS,
-    KernelProcess,
-    assert_serves,
-    frame,
-    greeting,
-    jupyter_parts,
-    message,
-    raw_send,
-    ready,
-    sign,
-)
+from .helpers import CHANNELS, ROUTER_CHANNELS, assert_serves, jupyter_parts, raw_send, sign
 
 CI_EXAMPLES = 120
 RSS_BOUND_MIB = 32

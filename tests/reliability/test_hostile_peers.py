@@ -20,25 +20,20 @@ from typing import Any
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
+from support.client import control_request, run
+from support.iopub import stream_text
+from support.kernel_process import KernelProcess
+from support.wire import frame, greeting, handshake, message, ready
 
 from .helpers import (
     CHANNELS,
     ROUTER_CHANNELS,
-    TIMEOUT,
-    KernelProcess,
     RawPeer,
     assert_serves,
-    frame,
-    greeting,
-    handshake,
     jupyter_frames,
     jupyter_parts,
-    message,
     raw_send,
-    ready,
-    run,
     sign,
-    stream_text,
 )
 
 RSS_BOUND_MIB = 32  # growth allowed over the whole module (measured: ~4 MiB)
@@ -54,10 +49,7 @@ def base_rss(kernel: KernelProcess, kc: BlockingKernelClient) -> int:
 def serves(kc: BlockingKernelClient) -> None:
     """shell (execute 1+1), control (kernel_info) and heartbeat all answer."""
     assert_serves(kc)
-    msg = kc.session.msg("kernel_info_request", {})
-    kc.control_channel.send(msg)
-    reply = kc.control_channel.get_msg(timeout=TIMEOUT)
-    assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
+    assert control_request(kc, "kernel_info_request")["msg_type"] == "kernel_info_reply"
     assert kc.hb_channel.is_beating()
 
 
@@ -107,7 +99,7 @@ BYTE_INPUTS: dict[str, tuple[Callable[[str], bytes], str]] = {
         "cannot talk to",
     ),
     "bad-mechanism": (
-        lambda ch: greeting()[:12] + b"CURVE".ljust(20, b"\0") + greeting()[32:],
+        lambda ch: greeting(mechanism=b"CURVE"),
         "mechanism",
     ),
     "message-frame-before-ready": (

@@ -14,31 +14,15 @@ from typing import Any
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.manager import KernelManager
+from support.client import interrupt, run, shell_replies, shell_reply
+from support.iopub import iopub_until, is_idle, stream_text
+from support.kernel_process import KernelProcess, kernel_manager, ready_client
+from support.procs import alive
 
-from .helpers import (
-    TIMEOUT,
-    KernelProcess,
-    alive,
-    assert_serves,
-    evaluator_pid,
-    iopub_until,
-    is_idle,
-    run,
-    shell_reply,
-    stream_text,
-)
+from .helpers import assert_serves, evaluator_pid
 
 GRACE = 1.0  # the fixture's --interrupt-grace
 RESPAWN = 8.0  # generous bound for killing + starting an evaluator on a loaded machine
-
-
-def interrupt(kc: BlockingKernelClient) -> None:
-    msg = kc.session.msg("interrupt_request", {})
-    kc.control_channel.send(msg)
-    reply = kc.control_channel.get_msg(timeout=TIMEOUT)
-    assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
-    assert reply["content"]["status"] == "ok"
 
 
 def start_cell(kc: BlockingKernelClient, code: str, started: str) -> tuple[str, list[dict]]:
@@ -49,7 +33,7 @@ def start_cell(kc: BlockingKernelClient, code: str, started: str) -> tuple[str, 
     def printed(msg: dict[str, Any]) -> bool:
         return msg["msg_type"] == "stream" and started in msg["content"]["text"]
 
-    iopub_until(kc, printed, msg_id, outputs)
+    iopub_until(kc, msg_id, printed, outputs)
     return msg_id, outputs
 
 
@@ -57,7 +41,7 @@ def finish_cell(
     kc: BlockingKernelClient, msg_id: str, outputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The cell's reply, after its ``idle`` (the kernel is idle again)."""
-    iopub_until(kc, is_idle, msg_id, outputs)
+    iopub_until(kc, msg_id, is_idle, outputs)
     return dict(shell_reply(kc, msg_id)["content"])
 
 
@@ -146,10 +130,9 @@ def test_interrupt_of_a_queue_of_stubborn_cells(
     interrupt(kc)
     content = finish_cell(kc, first, outputs)
     assert content["ename"] == "EvaluatorRestarted"
-    for msg_id in queued:
-        reply = kc.get_shell_msg(timeout=TIMEOUT)
-        assert reply["parent_header"]["msg_id"] == msg_id
-        assert reply["content"]["status"] == "aborted"
+    replies = shell_replies(kc, queued)
+    assert [r["parent_header"]["msg_id"] for r in replies] == queued  # in order
+    assert [r["content"]["status"] for r in replies] == ["aborted", "aborted"]
     assert_serves(kc)
 
 
@@ -180,22 +163,12 @@ def test_interrupt_while_idle_is_harmless(kernel: KernelProcess, kc: BlockingKer
 def test_grace_period_from_the_kernelspec() -> None:
     # kernel.json argv "... --interrupt-grace 1" (see conftest.py), started by
     # KernelManager and interrupted the way Jupyter does it (interrupt_mode message).
-    km = KernelManager(kernel_name="trikernel-reliability")
-    km.start_kernel()
-    try:
-        kc = km.client()
-        kc.start_channels()
-        try:
-            kc.wait_for_ready(timeout=TIMEOUT)
-            msg_id, outputs = start_cell(kc, STUBBORN["sigint-ignored"], "started")
-            start = time.monotonic()
-            km.interrupt_kernel()
-            content = finish_cell(kc, msg_id, outputs)
-            assert content["ename"] == "EvaluatorRestarted"
-            assert "within 1 s" in content["evalue"]  # not the default 3 s
-            assert time.monotonic() - start < GRACE + RESPAWN
-            assert_serves(kc)
-        finally:
-            kc.stop_channels()
-    finally:
-        km.shutdown_kernel(now=True)
+    with kernel_manager("trikernel-reliability") as km, ready_client(km.client()) as kc:
+        msg_id, outputs = start_cell(kc, STUBBORN["sigint-ignored"], "started")
+        start = time.monotonic()
+        km.interrupt_kernel()
+        content = finish_cell(kc, msg_id, outputs)
+        assert content["ename"] == "EvaluatorRestarted"
+        assert "within 1 s" in content["evalue"]  # not the default 3 s
+        assert time.monotonic() - start < GRACE + RESPAWN
+        assert_serves(kc)

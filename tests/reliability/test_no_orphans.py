@@ -14,35 +14,31 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from jupyter_client.manager import KernelManager
-
-from .helpers import (
-    TIMEOUT,
+from support import TIMEOUT
+from support.client import run
+from support.iopub import stream_text
+from support.kernel_process import (
     KernelProcess,
-    alive,
-    assert_serves,
     connected,
-    kill_pids,
-    run,
-    stream_text,
-    wait_until,
+    kernel_manager,
+    ready_client,
+    trikernel_command,
 )
+from support.procs import alive, kill_pids, process_tree, wait_gone, wait_until
+
+from .helpers import assert_serves
 
 GONE_WITHIN = 3.0  # "a couple of seconds"
 
 
-def gone(pids: list[int], timeout: float = GONE_WITHIN) -> None:
-    wait_until(
-        lambda: not [p for p in pids if alive(p)],
-        timeout,
-        f"processes {[p for p in pids if alive(p)]} to exit",
-    )
+def gone(pids: list[int]) -> None:
+    wait_gone(pids, GONE_WITHIN)
 
 
 def start_grandchild(kc) -> int:  # type: ignore[no-untyped-def]
@@ -158,35 +154,20 @@ def test_parent_death_ends_the_kernel(tmp_path: Path) -> None:
 
 @pytest.fixture
 def km() -> Iterator[KernelManager]:
-    manager = KernelManager(kernel_name="trikernel-reliability")
-    manager.start_kernel()
-    try:
+    with kernel_manager("trikernel-reliability") as manager:
         yield manager
-    finally:
-        if manager.has_kernel:
-            manager.shutdown_kernel(now=True)
 
 
 @pytest.mark.parametrize("now", [True, False], ids=["now", "polite"])
 def test_kernel_manager_shutdown(km: KernelManager, now: bool) -> None:
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=TIMEOUT)
-        reply, outputs = run(
-            kc, "import subprocess; p = subprocess.Popen(['sleep', '600']); print(p.pid)"
-        )
-        child = int(stream_text(outputs))
+    with ready_client(km.client()) as kc:
+        child = start_grandchild(kc)
         assert km.provisioner is not None
         pid = km.provisioner.process.pid  # type: ignore[attr-defined]
-        from .helpers import process_tree
-
         tree = process_tree(pid)
         assert len(tree) == 3
         connection_file = km.connection_file
         km.shutdown_kernel(now=now)
-    finally:
-        kc.stop_channels()
     try:
         gone(tree)
     finally:
@@ -206,15 +187,9 @@ def test_connection_file_written_by_trikernel_is_0600(tmp_path: Path) -> None:
     # when it exits.
     runtime = tmp_path / "runtime"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trikernel"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-    )
-    try:
+    with trikernel_command(
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    ) as proc:
         path = runtime / f"kernel-trikernel-{proc.pid}.json"
         wait_until(path.exists, TIMEOUT, "the connection file")
         assert mode(path) == 0o600
@@ -224,11 +199,6 @@ def test_connection_file_written_by_trikernel_is_0600(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=TIMEOUT) == 0
         assert not path.exists()
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-        proc.wait(timeout=TIMEOUT)
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 def test_connection_file_rewritten_with_real_ports_stays_0600(tmp_path: Path) -> None:

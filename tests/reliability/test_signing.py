@@ -13,16 +13,11 @@ from pathlib import Path
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
+from support import TIMEOUT
+from support.kernel_process import KernelProcess, connected
+from support.procs import wait_until
 
-from .helpers import (
-    CHANNELS,
-    TIMEOUT,
-    KernelProcess,
-    assert_serves,
-    connected,
-    listening_addresses,
-    wait_until,
-)
+from .helpers import CHANNELS, assert_serves, listening_addresses
 
 
 def test_empty_key_is_refused(tmp_path: Path) -> None:
@@ -84,11 +79,8 @@ def test_binds_only_the_given_address(tmp_path: Path, ip: str) -> None:
     hex_ip = socket.inet_aton(ip)[::-1].hex().upper()  # /proc/net/tcp byte order
     with KernelProcess(tmp_path, ip=ip) as kernel:
         wait_until(lambda: listening_addresses(kernel.port("hb")), TIMEOUT, "the kernel to listen")
-        kc = kernel.client()
-        try:
+        with connected(kernel) as kc:
             assert_serves(kc)
-        finally:
-            kc.stop_channels()
         for channel in CHANNELS:
             port = kernel.port(channel)
             assert listening_addresses(port) == {hex_ip}, channel  # no 0.0.0.0, no ::

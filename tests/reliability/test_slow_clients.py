@@ -14,16 +14,11 @@ import pytest
 import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.session import Session
+from support.client import control_request, interrupt, run, stdin_request
+from support.iopub import iopub_until, is_idle, stream_text
+from support.kernel_process import KernelProcess
 
-from .helpers import (
-    TIMEOUT,
-    KernelProcess,
-    assert_serves,
-    iopub_until,
-    is_idle,
-    run,
-    stream_text,
-)
+from .helpers import assert_serves, established, stalled_subscriber
 
 LINES = 100_000
 PRINT_LOTS = f"for i in range({LINES}): print('line', i, 'x' * 100)"
@@ -36,15 +31,7 @@ def expected_lines() -> list[str]:
 def kernel_tx_queue(kernel: KernelProcess, channel: str) -> list[int]:
     """Bytes waiting in the kernel's send buffers of its connections on ``channel``
     (from /proc/net/tcp: tx_queue of sockets whose local port is the channel's)."""
-    from pathlib import Path
-
-    port = kernel.port(channel)
-    queues = []
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "01" and int(fields[1].split(":")[1], 16) == port:
-            queues.append(int(fields[4].split(":")[0], 16))
-    return queues
+    return [int(fields[4].split(":")[0], 16) for fields in established(kernel.port(channel))]
 
 
 @pytest.fixture
@@ -54,15 +41,6 @@ def ctx() -> Iterator[zmq.Context[Any]]:
         yield context
     finally:
         context.destroy(linger=0)
-
-
-def stalled_subscriber(ctx: zmq.Context[Any], kernel: KernelProcess) -> zmq.Socket[Any]:
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 1)
-    sub.setsockopt(zmq.RCVBUF, 4096)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(f"tcp://127.0.0.1:{kernel.port('iopub')}")
-    return sub  # never read
 
 
 def signed_client(
@@ -155,32 +133,23 @@ def test_client_that_never_reads_its_replies(
         sock.close(linger=0)
 
 
-def interrupt(kc: BlockingKernelClient) -> None:
-    msg = kc.session.msg("interrupt_request", {})
-    kc.control_channel.send(msg)
-    reply = kc.control_channel.get_msg(timeout=TIMEOUT)
-    assert reply["content"]["status"] == "ok"
-
-
 def test_stdin_peer_disconnects_while_input_waits(
     kernel: KernelProcess, kc: BlockingKernelClient
 ) -> None:
     other = kernel.client()
     try:
         msg_id = other.execute("x = input('name? ')", allow_stdin=True)
-        request = other.get_stdin_msg(timeout=TIMEOUT)
+        request = stdin_request(other, msg_id)
         assert request["content"]["prompt"] == "name? "
     finally:
         other.stop_channels()  # gone without answering
     # Control still answers at once while the cell waits for the dead peer...
     start = time.monotonic()
-    msg = kc.session.msg("kernel_info_request", {})
-    kc.control_channel.send(msg)
-    kc.control_channel.get_msg(timeout=TIMEOUT)
+    control_request(kc, "kernel_info_request")
     assert time.monotonic() - start < 1.0
     # ...an interrupt ends that cell (its idle reaches every subscriber)...
     interrupt(kc)
-    iopub_until(kc, is_idle, msg_id)
+    iopub_until(kc, msg_id, is_idle)
     # ...and the kernel serves the others, with the namespace kept.
     assert_serves(kc)
     reply, _ = run(kc, "x")

@@ -17,8 +17,13 @@ from typing import Any
 import pytest
 import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
+from support import TIMEOUT
+from support.client import run, shell_reply
+from support.iopub import stream_text
+from support.kernel_process import KernelProcess
+from support.procs import wait_gone, wait_until
 
-from .helpers import TIMEOUT, KernelProcess, alive, established_peers, run, stream_text, wait_until
+from .helpers import established_peers, stalled_subscriber
 
 
 def churn(
@@ -32,8 +37,7 @@ def churn(
             kc.load_connection_file()
             try:
                 kc.start_channels(hb=False)
-                kc.kernel_info()
-                reply = kc.get_shell_msg(timeout=TIMEOUT)
+                reply = shell_reply(kc, kc.kernel_info())
                 if reply["msg_type"] != "kernel_info_reply":
                     errors.append(f"unexpected {reply['msg_type']}")
                 counts.append(1)
@@ -57,11 +61,7 @@ def soak(tmp_path: Path, executions: int) -> None:
             for _ in range(2)
         ]
         try:
-            sub = ctx.socket(zmq.SUB)  # never read
-            sub.setsockopt(zmq.RCVHWM, 1)
-            sub.setsockopt(zmq.RCVBUF, 4096)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            sub.connect(f"tcp://127.0.0.1:{kernel.port('iopub')}")
+            _stalled = stalled_subscriber(ctx, kernel)  # kept referenced, never read
             run(kc, "1")
             rss_before = kernel.rss_kib()
             for t in threads:
@@ -95,7 +95,7 @@ def soak(tmp_path: Path, executions: int) -> None:
             kc.shutdown()
             assert kernel.proc is not None
             assert kernel.proc.wait(timeout=TIMEOUT) == 0
-            wait_until(lambda: not [p for p in tree if alive(p)], 5, "the tree to exit")
+            wait_gone(tree, 5)
         finally:
             stop.set()
             for t in threads:

@@ -4,7 +4,8 @@
 NEED_DATA). ``split_feed`` feeds the same bytes whole, byte by byte, in random
 chunks and with trailing bytes, and checks that every way gives the same events
 (``split_feed_error``: the same RemoteProtocolError). ``CodecPair`` wires two
-codecs back to back, like h11's ``ConnectionPair``.
+codecs back to back, like h11's ``ConnectionPair``. Bytes written by hand come from
+``support.wire``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+from support.wire import greeting
 
 from trikernel.errors import RemoteProtocolError
 from trikernel.zmtp.codec import NEED_DATA, Connection, State
@@ -34,42 +36,6 @@ Chunking = None | int | random.Random | Sequence[int]
 def examples(n: int) -> int:
     """``n`` hypothesis examples under the CI profile; the profile's own count if larger (fuzz)."""
     return max(n, settings.default.max_examples) if settings.default.max_examples > 100 else n
-
-
-def wire(*parts: str | bytes) -> bytes:
-    """Bytes written as in the spec captures: str parts are hex, bytes parts are literal."""
-    return b"".join(bytes.fromhex(p) if isinstance(p, str) else p for p in parts)
-
-
-def greeting(minor: int = 1, mechanism: bytes = b"NULL", major: int = 3) -> bytes:
-    """A 64-byte peer greeting; byte 8 is 01 as libzmq sends it."""
-    head = wire("ff 00 00 00 00 00 00 00 01 7f") + bytes([major, minor])
-    return (head + mechanism.ljust(20, b"\x00")).ljust(64, b"\x00")
-
-
-def command(name: bytes, data: bytes = b"", flags: int = 0x04) -> bytes:
-    """A short command frame, built by hand (for inputs the encoder would never make)."""
-    body = bytes([len(name)]) + name + data
-    assert len(body) < 256
-    return bytes([flags, len(body)]) + body
-
-
-def frame(body: bytes, more: bool = False, *, flags: int = 0, long: bool | None = None) -> bytes:
-    """A frame built by hand: long form if ``long`` (default: only when the body needs it)."""
-    flags |= 0x01 if more else 0
-    if long or (long is None and len(body) > 255):
-        return bytes([flags | 0x02]) + len(body).to_bytes(8, "big") + body
-    return bytes([flags, len(body)]) + body
-
-
-def properties(props: dict[bytes, bytes]) -> bytes:
-    """READY metadata built by hand: name-size(1) name value-size(4) value, in order."""
-    return b"".join(bytes([len(n)]) + n + len(v).to_bytes(4, "big") + v for n, v in props.items())
-
-
-def ready(props: dict[bytes, bytes]) -> bytes:
-    """A (short) READY command with the given properties, built by hand."""
-    return command(b"READY", properties(props))
 
 
 # ---- the reader loop ------------------------------------------------------

@@ -14,6 +14,7 @@ from functools import partial
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.wire import command, frame, greeting, properties, ready_with, wire
 
 from trikernel.errors import LocalProtocolError, RemoteProtocolError
 from trikernel.zmtp.codec import (
@@ -39,20 +40,14 @@ from .helpers import (
     CodecPair,
     assert_stuck_in_error,
     chunkings,
-    command,
     drain,
     examples,
     feed,
-    frame,
     greeted,
-    greeting,
     handshaken,
     peer_initiate,
-    properties,
-    ready,
     split_feed,
     split_feed_error,
-    wire,
 )
 
 # ---- captures from the spec ------------------------------------------------
@@ -126,8 +121,8 @@ def test_ready_encoding_matches_libzmq(socket_type: str, identity: bytes, expect
 
 
 def test_ready_helper_agrees_with_captures() -> None:
-    assert ready({b"Socket-Type": b"ROUTER", b"Identity": b""}) == ROUTER_READY
-    assert ready({b"Socket-Type": b"DEALER", b"Identity": SESSION_ID}) == SHELL_READY
+    assert ready_with({b"Socket-Type": b"ROUTER", b"Identity": b""}) == ROUTER_READY
+    assert ready_with({b"Socket-Type": b"DEALER", b"Identity": SESSION_ID}) == SHELL_READY
 
 
 # ---- greeting and READY, decoded ------------------------------------------
@@ -178,7 +173,7 @@ def test_peer_minor_is_recorded() -> None:
 
 
 def test_property_names_are_case_insensitive() -> None:
-    data = greeting() + ready({b"socket-TYPE": b"DEALER", b"IDENTITY": b"x", b"X-Hi": b"1"})
+    data = greeting() + ready_with({b"socket-TYPE": b"DEALER", b"IDENTITY": b"x", b"X-Hi": b"1"})
     events = split_feed(partial(Connection, "ROUTER"), data, state=State.TRAFFIC)
     assert events[1].socket_type == "DEALER"
     assert events[1].identity == b"x"
@@ -441,7 +436,7 @@ def test_other_mechanisms_are_refused(mechanism: bytes) -> None:
     [("ROUTER", "PUB"), ("XPUB", "DEALER"), ("SUB", "SUB"), ("REP", "REP"), ("ROUTER", "BOGUS")],
 )
 def test_socket_types_that_cannot_pair(ours: str, theirs: str) -> None:
-    data = greeting() + ready({b"Socket-Type": theirs.encode()})
+    data = greeting() + ready_with({b"Socket-Type": theirs.encode()})
     exc = split_feed_error(
         partial(Connection, ours), data, f"{theirs} peer cannot talk to our {ours}"
     )
@@ -453,7 +448,7 @@ def test_pub_to_router_as_libzmq_sends_it() -> None:
 
 
 def test_ready_without_socket_type() -> None:
-    split_feed_error(router_greeted, ready({b"Identity": b""}), "without Socket-Type")
+    split_feed_error(router_greeted, ready_with({b"Identity": b""}), "without Socket-Type")
     split_feed_error(router_greeted, command(b"READY"), "without Socket-Type")
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import pytest
 import trio
 import zmq
+from support.wire import command, frame, greeting, ready
 
 from trikernel.zmtp.sockets import (
     DealerSocket,
@@ -52,29 +53,7 @@ def payload(size: int) -> bytes:
     return (bytes(range(256)) * (size // 256 + 1))[:size]
 
 
-# ---- a raw TCP peer speaking ZMTP bytes by hand (spec §9) --------------------------
-
-
-def greeting(minor: int = 1) -> bytes:
-    return (bytes.fromhex("ff 00 00 00 00 00 00 00 01 7f 03") + bytes([minor]) + b"NULL").ljust(
-        64, b"\x00"
-    )
-
-
-def short_frame(flags: int, body: bytes) -> bytes:
-    assert len(body) < 256
-    return bytes([flags, len(body)]) + body
-
-
-def command(name: bytes, data: bytes = b"") -> bytes:
-    return short_frame(0x04, bytes([len(name)]) + name + data)
-
-
-def ready(socket_type: bytes, identity: bytes | None = None) -> bytes:
-    props = b"\x0bSocket-Type" + len(socket_type).to_bytes(4, "big") + socket_type
-    if identity is not None:
-        props += b"\x08Identity" + len(identity).to_bytes(4, "big") + identity
-    return command(b"READY", props)
+# ---- a raw TCP peer speaking ZMTP bytes by hand (spec §9, support.wire) -----------
 
 
 class RawPeer:
@@ -451,13 +430,13 @@ async def test_ping_between_frames_gets_pong_and_message_stays_whole() -> None:
             raw = await RawPeer.connect(endpoint.port)
             await raw.handshake(identity=b"raw")
             ping = command(b"PING", b"\x00\x00" + b"ctx")
-            await raw.stream.send_all(short_frame(1, b"a") + ping + short_frame(0, b"b"))
+            await raw.stream.send_all(frame(b"a", more=True) + ping + frame(b"b"))
             assert await router.receive() == [b"raw", b"a", b"b"]
             assert await raw.receive_exactly(len(command(b"PONG", b"ctx"))) == command(
                 b"PONG", b"ctx"
             )
             router.send_nowait([b"raw", b"c"])
-            assert await raw.receive_exactly(3) == short_frame(0, b"c")
+            assert await raw.receive_exactly(3) == frame(b"c")
             await raw.stream.aclose()
 
 
@@ -516,7 +495,7 @@ async def test_peer_gone_mid_frame_does_not_disturb_others(pyzmq: PyzmqPeers) ->
             await raw.handshake()
             await wait_until(lambda: router.statistics().peers == 2)
             header = b"\x03" + MiB.to_bytes(8, "big")  # MORE + LONG, 1 MiB announced
-            await raw.stream.send_all(short_frame(1, b"first") + header + b"x" * 1000)
+            await raw.stream.send_all(frame(b"first", more=True) + header + b"x" * 1000)
             await raw.stream.aclose()
             await wait_until(lambda: router.statistics().peers == 1)
             await assert_round_trip(router, pyzmq, dealer)
@@ -536,16 +515,12 @@ async def test_peer_resetting_the_connection_does_not_disturb_others(pyzmq: Pyzm
             await assert_round_trip(router, pyzmq, dealer)
 
 
-def plain_greeting() -> bytes:
-    return greeting()[:12] + b"PLAIN".ljust(20, b"\x00") + greeting()[32:]
-
-
 @pytest.mark.parametrize(
     ("garbage", "reason"),
     [
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None),
         (greeting()[:10] + b"\x01", None),
-        (plain_greeting(), None),  # not our mechanism: an ERROR would not be understood
+        (greeting(mechanism=b"PLAIN"), None),  # not our mechanism: an ERROR would not be understood
         (greeting() + b"\x00\x00", b"expected READY"),
         (greeting() + ready(b"PUB"), b"invalid socket type"),
         (greeting() + ready(b"DEALER", b"") + b"\xf0\x00", None),
