@@ -18,7 +18,7 @@ from .connection import (
     write_connection_file,
 )
 from .errors import ConnectionFileError
-from .evaluator.spawn import spawn_evaluator
+from .bridge.spawn import spawn_evaluator
 from .zmtp._listen import listen_socket, parse_url
 
 if TYPE_CHECKING:
