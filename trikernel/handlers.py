@@ -1,43 +1,81 @@
-"""One async function per request msg_type: no sockets, no wire format.
+"""Every per-msg_type rule, against a small context: no sockets, no wire format.
 
-A handler gets the kernel context and the parsed request and returns the reply
-content (or ``None`` for no reply). The kernel brackets every call with
-``status: busy``/``idle`` and sends the reply to the request's identities.
-Handlers are looked up in ``SHELL_HANDLERS`` / ``CONTROL_HANDLERS``, so a
-misspelt handler is a KeyError at import time, not a silent missing reply.
+``dispatch(ctx, msg, table, respond)`` brackets one request with ``status:
+busy``/``idle`` on iopub, calls its handler from ``table`` and hands the reply
+content (and its metadata) to ``respond`` before ``idle``. A handler gets the
+context and the parsed request and returns the reply content, or ``None`` for
+no reply (comm messages). The tables are dicts of functions, so a misspelt
+handler is a NameError at import time, not a silent missing reply.
+
+The rules that live here and nowhere else:
+
+* execute_request is parsed once (``ExecuteRequest.from_content``: silent implies
+  no history; a field of the wrong type is an error reply naming it);
+* ``execute_input`` carries the count the cell will get: the evaluator's
+  ``execution_count`` (its one owner) plus one, and is not sent for a silent cell;
+* a failed, non-silent cell with ``stop_on_error`` aborts the execute_requests
+  already received (``ctx.abort_queued()``; the kernel then dispatches those with
+  ``ABORTING_SHELL_HANDLERS``, where execute_request is answered ``aborted`` and
+  every other request as usual);
+* introspection and comm messages go to the evaluator with their parent.
 """
 
 from __future__ import annotations
 
+import logging
 import platform
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
+from ._bytes import Buffer
 from ._version import __version__
+from .cells.replies import error_from
+from .errors import EvaluatorDied, RemoteProtocolError
+from .evaluator_api import (
+    COMM_MESSAGES,
+    INTROSPECTION_REQUESTS,
+    Evaluator,
+    ExecuteRequest,
+    InputCallback,
+    Parent,
+)
 from .messages import PROTOCOL_VERSION, Message
-from .zmtp.codec import Buffer
 
-if TYPE_CHECKING:
-    from .bridge import Evaluator, InputCallback
+__all__ = [
+    "KernelContext",
+    "Handler",
+    "Respond",
+    "dispatch",
+    "SHELL_HANDLERS",
+    "ABORTING_SHELL_HANDLERS",
+    "CONTROL_HANDLERS",
+    "kernel_info_content",
+]
 
-__all__ = ["KernelContext", "SHELL_HANDLERS", "CONTROL_HANDLERS", "kernel_info_content"]
+log = logging.getLogger("trikernel.handlers")
 
 
 class KernelContext(Protocol):
-    execution_count: int
+    """What handlers need of the kernel."""
 
-    async def publish(
-        self,
-        msg_type: str,
-        content: dict[str, Any],
-        parent: Message,
-        buffers: list[Buffer] | None = None,
+    @property
+    def execution_count(self) -> int:
+        """The evaluator's (0 before it started)."""
+        ...
+
+    def publish(
+        self, msg_type: str, content: dict[str, Any] | Buffer, parent: Message | None
     ) -> None: ...
 
-    async def get_evaluator(self) -> Evaluator: ...
+    async def get_evaluator(self) -> Evaluator:
+        """Raises EvaluatorDied if it could not be started."""
+        ...
 
-    def input_callback(self, request: Message) -> InputCallback | None: ...
+    def input_callback(self, request: Message) -> InputCallback: ...
+
+    def abort_queued(self) -> None:
+        """stop_on_error: answer the execute_requests already received ``aborted``."""
 
     def request_shutdown(self, restart: bool) -> None: ...
 
@@ -45,6 +83,37 @@ class KernelContext(Protocol):
 
 
 Handler = Callable[[KernelContext, Message], Awaitable[dict[str, Any] | None]]
+#: (request, reply content, reply metadata) -> send the reply to the request's identities
+Respond = Callable[[Message, dict[str, Any], dict[str, Any]], None]
+
+
+async def dispatch(
+    ctx: KernelContext, msg: Message, table: Mapping[str, Handler], respond: Respond
+) -> None:
+    """Handle one request: busy, the handler, the reply, idle."""
+    handler = table.get(msg.msg_type)
+    ctx.publish("status", {"execution_state": "busy"}, msg)
+    try:
+        if handler is None:
+            log.warning("no handler for message type %r; ignored", msg.msg_type)
+            return
+        try:
+            reply = await handler(ctx, msg)
+        except Exception as exc:
+            # A failed request gets an error reply rather than silence; the kernel's
+            # own bugs are still logged with their traceback.
+            log.exception("error while handling %s", msg.msg_type)
+            reply = error_from(exc)
+        if reply is not None:
+            respond(msg, reply, _reply_metadata(msg, reply))
+    finally:
+        ctx.publish("status", {"execution_state": "idle"}, msg)
+
+
+def _reply_metadata(msg: Message, reply: dict[str, Any]) -> dict[str, Any]:
+    if msg.msg_type == "execute_request":  # as ipykernel: the status, for frontends
+        return {"status": reply.get("status", "ok")}
+    return {}
 
 
 def kernel_info_content() -> dict[str, Any]:
@@ -80,52 +149,49 @@ async def kernel_info(ctx: KernelContext, msg: Message) -> dict[str, Any]:
 
 
 async def execute(ctx: KernelContext, msg: Message) -> dict[str, Any]:
-    content = dict(msg.content)
-    content.setdefault("code", "")
-    silent = bool(content.get("silent", False))
-    content["silent"] = silent
-    content["store_history"] = bool(content.get("store_history", not silent)) and not silent
-    content.setdefault("user_expressions", {})
-    content.setdefault("allow_stdin", False)
-    if not silent:
+    try:
+        request = ExecuteRequest.from_content(msg.content, Parent.of(msg))
+        evaluator = await ctx.get_evaluator()
+    except (RemoteProtocolError, EvaluatorDied) as exc:
+        return error_from(exc, execution_count=ctx.execution_count)
+    if not request.silent:
         # The count this cell will carry: the evaluator increments it only when the
         # cell is stored in history (as IPython does).
-        await ctx.publish(
-            "execute_input",
-            {"code": content["code"], "execution_count": ctx.execution_count + 1},
-            msg,
-        )
-    evaluator = await ctx.get_evaluator()
-    reply = await evaluator.execute(
-        content, request_input=ctx.input_callback(msg), parent=_parent_of(msg)
-    )
-    count = reply.get("execution_count")
-    if isinstance(count, int):
-        ctx.execution_count = count
+        count = evaluator.execution_count + 1
+        ctx.publish("execute_input", {"code": request.code, "execution_count": count}, msg)
+    request_input = ctx.input_callback(msg) if request.allow_stdin else None
+    reply = await evaluator.execute(request, request_input)
+    if reply.get("status") == "error" and request.stop_on_error and not request.silent:
+        ctx.abort_queued()
     return reply
 
 
-async def _forward(ctx: KernelContext, msg: Message) -> dict[str, Any]:
-    evaluator = await ctx.get_evaluator()
-    return await evaluator.request(msg.msg_type, msg.content)
+async def aborted(ctx: KernelContext, msg: Message) -> dict[str, Any]:
+    """An execute_request queued behind a failed cell (stop_on_error): not run."""
+    return {"status": "aborted", "execution_count": ctx.execution_count}
+
+
+async def introspect(ctx: KernelContext, msg: Message) -> dict[str, Any]:
+    try:
+        evaluator = await ctx.get_evaluator()
+    except EvaluatorDied as exc:
+        return error_from(exc)
+    return await evaluator.request(msg.msg_type, dict(msg.content), Parent.of(msg))
 
 
 async def comm(ctx: KernelContext, msg: Message) -> None:
-    evaluator = await ctx.get_evaluator()
-    await evaluator.send_comm(msg.msg_type, msg.content, msg.buffers, parent=_parent_of(msg))
-    return None
-
-
-def _parent_of(msg: Message) -> dict[str, Any]:
-    """What the evaluator needs to know of the request it carries out (see the
-    ``parent`` of ``trikernel.evaluator.protocol``)."""
-    return {"header": msg.header, "parent_header": msg.parent_header, "metadata": msg.metadata}
+    try:
+        evaluator = await ctx.get_evaluator()
+    except EvaluatorDied as exc:  # comm messages have no reply
+        log.warning("%s dropped: %s", msg.msg_type, exc)
+        return
+    await evaluator.send_comm(msg.msg_type, dict(msg.content), msg.buffers, Parent.of(msg))
 
 
 async def shutdown(ctx: KernelContext, msg: Message) -> dict[str, Any]:
     restart = bool(msg.content.get("restart", False))
     content = {"status": "ok", "restart": restart}
-    await ctx.publish("shutdown_reply", content, msg)  # the broadcast copy ipykernel sends
+    ctx.publish("shutdown_reply", content, msg)  # the broadcast copy ipykernel sends
     ctx.request_shutdown(restart)
     return content
 
@@ -142,17 +208,13 @@ async def connect(ctx: KernelContext, msg: Message) -> dict[str, Any]:
 SHELL_HANDLERS: dict[str, Handler] = {
     "execute_request": execute,
     "kernel_info_request": kernel_info,
-    "complete_request": _forward,
-    "inspect_request": _forward,
-    "history_request": _forward,
-    "is_complete_request": _forward,
-    "comm_info_request": _forward,
-    "comm_open": comm,
-    "comm_msg": comm,
-    "comm_close": comm,
+    **{msg_type: introspect for msg_type in sorted(INTROSPECTION_REQUESTS)},
+    **{msg_type: comm for msg_type in sorted(COMM_MESSAGES)},
     "shutdown_request": shutdown,
     "connect_request": connect,
 }
+
+ABORTING_SHELL_HANDLERS: dict[str, Handler] = {**SHELL_HANDLERS, "execute_request": aborted}
 
 CONTROL_HANDLERS: dict[str, Handler] = {
     "kernel_info_request": kernel_info,

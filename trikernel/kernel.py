@@ -6,61 +6,64 @@ Theory of operation
 (XPUB), reports the real ports through ``task_status.started``, and runs:
 
 * heartbeat: echo every ping, independent of everything else;
-* shell reader: parse and verify, then queue on the execution channel;
-* executor: handle shell requests one at a time, in arrival order;
-* control: answer at once (interrupt, shutdown, kernel_info), even mid-cell;
-* stdin reader: hand ``input_reply`` messages to the waiting ``input()``;
-* iopub writer: the one task that publishes, fed by a bounded memory channel,
-  so every output leaves in the order it was produced;
+* shell reader: parse and verify, then queue on the shell FIFO (numbered, so a
+  failed cell can abort exactly the execute_requests received before it failed);
+* executor: ``handlers.dispatch`` of each shell request, one at a time, in order;
+* control reader: ``handlers.dispatch`` at once (interrupt, shutdown,
+  kernel_info), even mid-cell;
+* stdin reader: hands ``input_reply`` messages to ``stdin.Stdin``;
 * the evaluator, started in the background (kernel_info is answered while it
-  starts).
+  starts) and replaced if its context ever fails.
 
-Every request is bracketed by ``status: busy``/``idle`` on iopub. Outputs of a
-cell reach the iopub channel before the evaluator's reply returns, and the
-reply is sent before ``idle``: idle never overtakes the last print.
+What a request means is ``handlers``'s business; this module never looks at a
+msg_type. Publishing is synchronous (``iopub.IOPub``): the evaluator's outputs
+are on their way to the clients before its reply returns, and the reply goes
+before ``idle``, so idle never overtakes the last print.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._bytes import Buffer
+from .cells.replies import error_content
 from .connection import ConnectionInfo
-from .errors import LocalProtocolError, RemoteProtocolError
-from .handlers import CONTROL_HANDLERS, SHELL_HANDLERS, Handler
+from .errors import EvaluatorDied, LocalProtocolError, RemoteProtocolError
+from .evaluator_api import Evaluator, EvaluatorFactory, InputCallback, Output, OutputSink
+from .handlers import ABORTING_SHELL_HANDLERS, CONTROL_HANDLERS, SHELL_HANDLERS, dispatch
+from .iopub import IOPub
 from .messages import Message, ReplayGuard, Signer, new_header, new_id, parse, serialize
-from .zmtp.codec import Buffer
-from .zmtp.sockets import Peer, PubSocket, RepSocket, RouterSocket, _Socket
+from .stdin import Stdin
+from .zmtp.sockets import RepSocket, RouterSocket, _Socket
 
 if TYPE_CHECKING:
-    from .bridge import Evaluator, InputCallback, OutputCallback
-    from .evaluator.spawn import Spawned
+    from .bridge.spawn import Spawned
 
 __all__ = ["Kernel", "EvaluatorFactory"]
 
 log = logging.getLogger("trikernel.kernel")
 
-EvaluatorFactory = Callable[["OutputCallback"], AbstractAsyncContextManager["Evaluator"]]
+_CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
+RESTART_PAUSE = 1.0  # an evaluator that failed this soon after starting: wait before the next
 
 
 def _subprocess_evaluator(
-    on_output: OutputCallback, grace_period: float | None = None, prespawned: Spawned | None = None
+    sink: OutputSink, grace_period: float | None = None, prespawned: Spawned | None = None
 ) -> AbstractAsyncContextManager[Evaluator]:
     from .bridge import open_subprocess_evaluator
 
-    if grace_period is None:
-        return open_subprocess_evaluator(on_output, prespawned=prespawned)
-    return open_subprocess_evaluator(on_output, grace_period=grace_period, prespawned=prespawned)
-
-
-_CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
+    options: dict[str, Any] = {} if grace_period is None else {"grace_period": grace_period}
+    return open_subprocess_evaluator(sink, prespawned=prespawned, **options)
 
 
 class Kernel:
@@ -86,12 +89,9 @@ class Kernel:
         self.info = info
         self.session = new_id()
         self.signer = Signer(info.key.encode(), info.signature_scheme)
-        self.execution_count = 0
         self.restart_requested = False
-        self._evaluator_factory: EvaluatorFactory = evaluator_factory or (
-            lambda on_output: _subprocess_evaluator(
-                on_output, interrupt_grace, prespawned_evaluator
-            )
+        self._evaluator_factory: EvaluatorFactory = evaluator_factory or functools.partial(
+            _subprocess_evaluator, grace_period=interrupt_grace, prespawned=prespawned_evaluator
         )
         self._handle_signals = handle_signals
         # Listening sockets bound before trio was imported (launch.py), by channel.
@@ -99,37 +99,33 @@ class Kernel:
         self._parent_pid = parent_pid
         self._limits = dict(max_frame_size=max_frame_size, max_message_size=max_frame_size)
         self._replay = ReplayGuard()
-        self._iopub_send, self._iopub_receive = trio.open_memory_channel[list[Buffer]](1000)
-        self._shell_send, self._shell_receive = trio.open_memory_channel[Message](1000)
-        self._input_send, self._input_receive = trio.open_memory_channel[Message](16)
+        self._shell_send, self._shell_receive = trio.open_memory_channel[tuple[int, Message]](1000)
+        self._shell_received = 0  # shell requests queued so far (their numbers)
+        self._abort_through = 0  # execute_requests numbered up to this are aborted
         self._evaluator: Evaluator | None = None
         self._evaluator_ready = trio.Event()
         self._evaluator_error: BaseException | None = None
         self._shutdown = trio.Event()
-        self._last_parent: Message | None = None  # parent for outputs between cells
-        self._aborting = False
 
     # ---- lifecycle -----------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.shell = RouterSocket(**self._limits)
         self.control = RouterSocket(**self._limits)
-        self.stdin = RouterSocket(**self._limits)
-        small: dict[str, Any] = dict(
-            max_frame_size=1 << 16, max_message_size=1 << 16
-        )  # pings, subscriptions
+        small: dict[str, Any] = dict(max_frame_size=1 << 16, max_message_size=1 << 16)
         # 256 MiB of big outputs may wait for one subscriber (a healthy client still
         # reading a 100 MB display must not lose the next one); stalled ones drop.
-        self.iopub = PubSocket(on_subscribe=self._welcome, hwm_bytes=1 << 28, **small)
+        self.iopub = IOPub(self.session, self.signer, hwm_bytes=1 << 28, **small)
+        self.stdin = Stdin(RouterSocket(**self._limits), self.session, self.signer)
         self.hb = RepSocket(hwm_bytes=1 << 20, **small)  # pings are tiny; unread ones cost this
         sockets: dict[str, _Socket] = {
             "shell": self.shell,
             "control": self.control,
-            "stdin": self.stdin,
-            "iopub": self.iopub,
+            "stdin": self.stdin.socket,
+            "iopub": self.iopub.socket,
             "hb": self.hb,
         }
-        async with self.shell, self.control, self.stdin, self.iopub, self.hb:
+        async with self.shell, self.control, self.stdin.socket, self.iopub.socket, self.hb:
             ports = {}
             for name in _CHANNELS:
                 prebound = self._prebound.pop(name, None)
@@ -139,18 +135,17 @@ class Kernel:
                 )
             self.info = self.info.with_ports(**ports)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._iopub_writer)
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._read_loop, self.shell, self._queue_shell, "shell")
                 nursery.start_soon(self._read_loop, self.control, self._handle_control, "control")
-                nursery.start_soon(self._read_loop, self.stdin, self._queue_input, "stdin")
+                nursery.start_soon(self._read_loop, self.stdin.socket, self._to_stdin, "stdin")
                 nursery.start_soon(self._executor)
                 nursery.start_soon(self._run_evaluator)
                 if self._handle_signals:
                     nursery.start_soon(self._signal_watcher)
                 if self._parent_pid:
                     nursery.start_soon(self._parent_watcher, self._parent_pid)
-                await self.publish("status", {"execution_state": "starting"}, None)
+                self.iopub.status("starting", None)
                 task_status.started(self.info)
                 await self._shutdown.wait()
                 if self._evaluator is not None:
@@ -158,7 +153,7 @@ class Kernel:
                     # still gets published); cancellation below is the fallback.
                     with trio.move_on_after(5):
                         await self._evaluator.aclose()
-                await self._drain_iopub()
+                await self.iopub.flush(1.0)
                 await self.control.flush(1.0)
                 await self.shell.flush(0.5)
                 nursery.cancel_scope.cancel()
@@ -172,107 +167,80 @@ class Kernel:
         if self._evaluator is not None:
             self._evaluator.interrupt()
 
+    # ---- the evaluator --------------------------------------------------------
+
     async def _run_evaluator(self) -> None:
-        try:
-            async with self._evaluator_factory(self._on_evaluator_output) as evaluator:
-                self._evaluator = evaluator
-                self._evaluator_ready.set()
-                await trio.sleep_forever()
-        except Exception as exc:  # a broken evaluator must not take the kernel down
-            log.exception("the evaluator could not be started")
-            self._evaluator_error = exc
-            self._evaluator_ready.set()
+        """Open the evaluator; whenever its context fails later (outside a cell or
+        in one), publish a notice and open a new one, as the bridge does for a
+        process that dies. One that cannot be opened at all is reported to every
+        request (``get_evaluator``)."""
+        while True:
+            started = None
+            try:
+                async with self._evaluator_factory(self._publish_output) as evaluator:
+                    started = trio.current_time()
+                    self._evaluator = evaluator
+                    self._evaluator_ready.set()
+                    await trio.sleep_forever()
+            except Exception as exc:  # a broken evaluator must not take the kernel down
+                self._evaluator_ready = trio.Event()  # before clearing: see get_evaluator
+                self._evaluator = None
+                if started is None:
+                    log.exception("the evaluator could not be started")
+                    self._evaluator_error = exc
+                    self._evaluator_ready.set()
+                    return
+                log.exception("the evaluator failed; starting a new one")
+                text = (
+                    f"trikernel: the evaluator failed ({_one_line(exc)}); a new evaluator "
+                    "was started, the namespace was reset (all variables are gone).\n"
+                )
+                self.iopub.publish("stream", {"name": "stderr", "text": text}, None)
+                if trio.current_time() - started < RESTART_PAUSE:
+                    await trio.sleep(RESTART_PAUSE)  # not a tight loop of failures
 
     async def get_evaluator(self) -> Evaluator:
-        await self._evaluator_ready.wait()
-        if self._evaluator is None:
-            raise RuntimeError(f"the evaluator could not be started: {self._evaluator_error!r}")
-        return self._evaluator
+        """The current evaluator, once started (waits through a replacement).
 
-    # ---- iopub -------------------------------------------------------------
+        Raises:
+            EvaluatorDied: it could not be started.
+        """
+        while True:
+            ready = self._evaluator_ready
+            await ready.wait()
+            if self._evaluator is not None:
+                return self._evaluator
+            if self._evaluator_error is not None:
+                error = _one_line(self._evaluator_error)
+                raise EvaluatorDied(f"the evaluator could not be started: {error}")
 
-    async def publish(
-        self,
-        msg_type: str,
-        content: dict[str, Any] | Buffer,
-        parent: Message | None,
-        buffers: list[Buffer] | None = None,
-        metadata: dict[str, Any] | None = None,
+    @property
+    def execution_count(self) -> int:
+        return self._evaluator.execution_count if self._evaluator is not None else 0
+
+    def _publish_output(self, output: Output) -> None:
+        try:
+            self.iopub.publish_output(output)
+        except LocalProtocolError as exc:  # from a custom evaluator; the subprocess checks
+            log.warning("dropped a %s output: %s", output.msg_type, exc)
+
+    # ---- the context handlers see -------------------------------------------
+
+    def publish(
+        self, msg_type: str, content: dict[str, Any] | Buffer, parent: Message | None
     ) -> None:
-        """Queue one iopub message; the iopub writer sends them in order.
+        self.iopub.publish(msg_type, content, parent)
 
-        Big content and buffers are sent without a copy, after this returns: they
-        must not change until then (as with zmq's zero-copy sends)."""
-        await self._iopub_send.send(
-            self._iopub_frames(msg_type, content, parent, buffers, metadata)
-        )
+    def input_callback(self, request: Message) -> InputCallback:
+        return self.stdin.input_callback(request)
 
-    def _iopub_frames(
-        self,
-        msg_type: str,
-        content: dict[str, Any] | Buffer,
-        parent: Message | None,
-        buffers: list[Buffer] | None,
-        metadata: dict[str, Any] | None,
-    ) -> list[Buffer]:
-        # bytes-like content: wire JSON the evaluator encoded; forwarded, not re-encoded.
-        packed = None if isinstance(content, dict) else content
-        if msg_type == "stream":
-            name = content.get("name", "stdout") if isinstance(content, dict) else "stdout"
-            topic = f"stream.{name}"
-        elif msg_type in ("display_data", "update_display_data", "clear_output"):
-            topic = "display_data"
-        elif msg_type.startswith("comm_"):
-            topic = "comm"
-        else:
-            topic = f"kernel.{self.session}.{msg_type}"
-        msg = Message(
-            header=new_header(msg_type, self.session),
-            parent_header=parent.header if parent is not None else {},
-            metadata=metadata or {},
-            content=content if isinstance(content, dict) else {},
-            buffers=list(buffers or []),
-            identities=[topic.encode()],
-        )
-        return serialize(msg, self.signer, packed_content=packed)
-
-    async def _iopub_writer(self) -> None:
-        async for frames in self._iopub_receive:
-            self.iopub.publish_nowait(frames)
-
-    async def _drain_iopub(self) -> None:
-        # Let the writer publish what is queued, then let the peers' queues empty.
-        with trio.move_on_after(1.0):
-            while self._iopub_send.statistics().current_buffer_used:
-                await trio.sleep(0.005)
-        await self.iopub.flush(1.0)
-
-    def _welcome(self, peer: Peer, topic: bytes) -> None:
-        # Protocol 5.5: every new subscriber gets an iopub_welcome (no parent), sent to
-        # it alone, with the subscription as topic (no topic frame for "").
-        msg = Message(
-            header=new_header("iopub_welcome", self.session),
-            parent_header={},
-            metadata={},
-            content={"subscription": topic.decode("utf-8", "replace")},
-            identities=[topic] if topic else [],
-        )
-        self.iopub.publish_nowait(serialize(msg, self.signer), to=peer)
-
-    async def _on_evaluator_output(
-        self,
-        msg_type: str,
-        content: dict[str, Any] | Buffer,
-        buffers: list[Buffer],
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        # metadata matters for comm_open: ipywidgets puts its protocol version there.
-        await self.publish(msg_type, content, self._last_parent, buffers, metadata)
+    def abort_queued(self) -> None:
+        self._abort_through = self._shell_received
 
     # ---- incoming ----------------------------------------------------------
 
     async def _read_loop(
-        self, socket: RouterSocket, handle: Callable[[Message], Any], name: str
+        self, socket: RouterSocket, handle: Callable[[Message], Awaitable[None]], name: str
     ) -> None:
         while True:
             frames = await socket.receive()
@@ -289,66 +257,32 @@ class Kernel:
             await handle(msg)
 
     async def _queue_shell(self, msg: Message) -> None:
-        await self._shell_send.send(msg)
+        self._shell_received += 1
+        await self._shell_send.send((self._shell_received, msg))
 
-    async def _queue_input(self, msg: Message) -> None:
-        if msg.msg_type != "input_reply":
-            log.warning("stdin: ignoring unexpected %r", msg.msg_type)
-            return
-        try:
-            self._input_send.send_nowait(msg)
-        except trio.WouldBlock:
-            log.warning("stdin: dropped an input_reply nobody waits for")
+    async def _to_stdin(self, msg: Message) -> None:
+        self.stdin.deliver(msg)
 
     async def _executor(self) -> None:
-        async for msg in self._shell_receive:
-            await self._dispatch(msg, SHELL_HANDLERS, self.shell)
-            if self._aborting:
-                await self._abort_queued()
+        respond = functools.partial(self._send_reply, self.shell)
+        async for number, msg in self._shell_receive:
+            aborting = number <= self._abort_through
+            table = ABORTING_SHELL_HANDLERS if aborting else SHELL_HANDLERS
+            await dispatch(self, msg, table, respond)
 
     async def _handle_control(self, msg: Message) -> None:
-        await self._dispatch(msg, CONTROL_HANDLERS, self.control)
+        await dispatch(
+            self, msg, CONTROL_HANDLERS, functools.partial(self._send_reply, self.control)
+        )
 
-    async def _dispatch(
-        self, msg: Message, handlers: dict[str, Handler], socket: RouterSocket
+    def _send_reply(
+        self,
+        socket: RouterSocket,
+        request: Message,
+        content: dict[str, Any],
+        metadata: dict[str, Any],
     ) -> None:
-        handler = handlers.get(msg.msg_type)
-        await self.publish("status", {"execution_state": "busy"}, msg)
-        try:
-            if handler is None:
-                log.warning("no handler for message type %r; ignored", msg.msg_type)
-                return
-            if msg.msg_type == "execute_request" or msg.msg_type.startswith("comm_"):
-                self._last_parent = msg  # outputs between cells go to the last such request
-            try:
-                reply = await handler(self, msg)
-            except Exception as exc:
-                # A failed request gets an error reply rather than silence; the kernel's
-                # own bugs are still logged with their traceback.
-                log.exception("error while handling %s", msg.msg_type)
-                reply = {
-                    "status": "error",
-                    "ename": type(exc).__name__,
-                    "evalue": str(exc),
-                    "traceback": [],
-                }
-            if reply is not None:
-                await self._drain_pending_outputs()
-                self._send_reply(socket, msg, reply)
-                if msg.msg_type == "execute_request":
-                    self._note_execute_result(msg, reply)
-        finally:
-            await self.publish("status", {"execution_state": "idle"}, msg)
-
-    async def _drain_pending_outputs(self) -> None:
-        # The iopub writer must have taken every queued output before the reply goes,
-        # so a client never sees the reply before the outputs it waits for.
-        while self._iopub_send.statistics().current_buffer_used:
-            await trio.sleep(0)
-
-    def _send_reply(self, socket: RouterSocket, request: Message, content: dict[str, Any]) -> None:
         msg_type = request.msg_type.replace("_request", "_reply")
-        metadata = {"status": content.get("status", "ok")} if msg_type == "execute_reply" else {}
         reply = Message(
             header=new_header(msg_type, self.session),
             parent_header=request.header,
@@ -358,73 +292,20 @@ class Kernel:
         )
         try:
             frames = serialize(reply, self.signer)
-        except LocalProtocolError:
-            log.exception("could not encode the %s", msg_type)
-            return
+        except LocalProtocolError as exc:
+            # The client waits for this reply: an error reply that says why, not silence.
+            log.warning("could not encode the %s: %s", msg_type, _one_line(exc))
+            frames = serialize(self._unencodable(reply, exc), self.signer)
         if not socket.send_nowait(frames):
             log.warning("could not deliver %s (client gone or not reading)", msg_type)
 
-    def _note_execute_result(self, msg: Message, reply: dict[str, Any]) -> None:
-        stop = msg.content.get("stop_on_error", True)
-        silent = msg.content.get("silent", False)
-        if reply.get("status") == "error" and stop and not silent:
-            self._aborting = True
-
-    async def _abort_queued(self) -> None:
-        # stop_on_error: execute_requests already queued are answered "aborted" and not
-        # run; other requests are handled as usual.
-        await trio.sleep(0)  # let the shell reader queue what has already arrived
-        try:
-            while True:
-                msg = self._shell_receive.receive_nowait()
-                if msg.msg_type == "execute_request":
-                    await self._abort(msg)
-                else:
-                    await self._dispatch(msg, SHELL_HANDLERS, self.shell)
-        except trio.WouldBlock:
-            pass
-        finally:
-            self._aborting = False
-
-    async def _abort(self, msg: Message) -> None:
-        await self.publish("status", {"execution_state": "busy"}, msg)
-        self._send_reply(
-            self.shell, msg, {"status": "aborted", "execution_count": self.execution_count}
-        )
-        await self.publish("status", {"execution_state": "idle"}, msg)
-
-    # ---- stdin ---------------------------------------------------------------
-
-    def input_callback(self, request: Message) -> InputCallback | None:
-        if not request.content.get("allow_stdin", False):
-            return None
-
-        async def request_input(prompt: str, password: bool) -> str:
-            return await self._request_input(request, prompt, password)
-
-        return request_input
-
-    async def _request_input(self, request: Message, prompt: str, password: bool) -> str:
-        # Drop replies left over from an earlier, interrupted input().
-        while True:
-            try:
-                self._input_receive.receive_nowait()
-            except trio.WouldBlock:
-                break
-        msg = Message(
-            header=new_header("input_request", self.session),
-            parent_header=request.header,
-            metadata={},
-            content={"prompt": prompt, "password": password},
-            identities=request.identities,
-        )
-        if not self.stdin.send_nowait(serialize(msg, self.signer)):
-            raise EOFError("no stdin channel is connected for this client")
-        while True:
-            reply = await self._input_receive.receive()
-            if reply.parent_header.get("msg_id") in (msg.msg_id, None):
-                return str(reply.content.get("value", ""))
-            log.warning("stdin: input_reply for another request ignored")
+    def _unencodable(self, reply: Message, exc: LocalProtocolError) -> Message:
+        count = reply.content.get("execution_count")
+        extra: dict[str, Any] = {"execution_count": count} if isinstance(count, int) else {}
+        evalue = f"the {reply.msg_type} could not be encoded: {exc}"
+        content = error_content(type(exc).__name__, evalue, **extra)
+        metadata = {"status": "error"} if "status" in reply.metadata else {}
+        return dataclasses.replace(reply, content=content, metadata=metadata)
 
     # ---- the other tasks ---------------------------------------------------
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .bridge.spawn import spawn_evaluator
 from .connection import (
     ConnectionInfo,
     default_runtime_dir,
@@ -18,7 +19,6 @@ from .connection import (
     write_connection_file,
 )
 from .errors import ConnectionFileError
-from .evaluator.spawn import spawn_evaluator
 from .zmtp._listen import listen_socket, parse_url
 
 if TYPE_CHECKING:

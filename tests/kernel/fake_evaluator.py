@@ -1,29 +1,44 @@
 """A fake evaluator for testing the kernel's message handling without a subprocess.
 
 Cells are tiny scripts: ``print TEXT`` (stream), ``sleep SECONDS`` (awaits; interruptible),
-``fail`` (error), ``input PROMPT`` (asks stdin and prints the answer), anything else is
-echoed back as an execute_result.
+``fail`` (error), ``input PROMPT`` (asks stdin and prints the answer), ``nan`` (a reply
+that cannot be encoded: NaN in user_expressions), ``crash`` (the evaluator's context
+fails once the cell returned), anything else is echoed back as an execute_result.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
+from trikernel._bytes import Buffer
+from trikernel.evaluator_api import ExecuteRequest, InputCallback, Output, OutputSink, Parent
+
 
 class FakeEvaluator:
-    def __init__(self, on_output: Any) -> None:
-        self.on_output = on_output
+    def __init__(self, sink: OutputSink, generation: int = 0) -> None:
+        self.sink = sink
+        self.generation = generation  # how many evaluators were opened before this one
         self.count = 0
+        self.crashed = trio.Event()  # set: the context fails (outside any cell)
         self._scope: trio.CancelScope | None = None
+        self._parent: Parent | None = None
+
+    @property
+    def execution_count(self) -> int:
+        return self.count
+
+    def emit(self, msg_type: str, content: dict[str, Any]) -> None:
+        self.sink(Output(msg_type, content, self._parent))
 
     async def execute(
-        self, content: dict[str, Any], *, request_input: Any, parent: Any = None
+        self, request: ExecuteRequest, request_input: InputCallback | None
     ) -> dict[str, Any]:
-        if content.get("store_history", True) and not content.get("silent"):
+        self._parent = request.parent
+        if request.store_history:
             self.count += 1
         results: dict[str, Any] = {
             "status": "ok",
@@ -32,10 +47,10 @@ class FakeEvaluator:
             "payload": [],
         }
         with trio.CancelScope() as self._scope:
-            for line in content["code"].splitlines():
+            for line in request.code.splitlines():
                 word, _, arg = line.partition(" ")
                 if word == "print":
-                    await self.on_output("stream", {"name": "stdout", "text": arg + "\n"}, [])
+                    self.emit("stream", {"name": "stdout", "text": arg + "\n"})
                 elif word == "sleep":
                     await trio.sleep(float(arg))
                 elif word == "fail":
@@ -44,23 +59,29 @@ class FakeEvaluator:
                         "evalue": "failed",
                         "traceback": ["ValueError: failed"],
                     }
-                    await self.on_output("error", error, [])
+                    self.emit("error", error)
                     return {**results, "status": "error", **error}
                 elif word == "input":
                     if request_input is None:
                         raise RuntimeError("no stdin")
                     value = await request_input(arg, False)
-                    await self.on_output("stream", {"name": "stdout", "text": value + "\n"}, [])
+                    self.emit("stream", {"name": "stdout", "text": value + "\n"})
+                elif word == "nan":
+                    results["user_expressions"] = {"x": float("nan")}
+                elif word == "crash":
+                    self.crashed.set()
+                elif word == "generation":
+                    self.emit("stream", {"name": "stdout", "text": f"{self.generation}\n"})
                 else:
                     data = {
                         "data": {"text/plain": line},
                         "metadata": {},
                         "execution_count": self.count,
                     }
-                    await self.on_output("execute_result", data, [])
+                    self.emit("execute_result", data)
         if self._scope.cancelled_caught:
             error = {"ename": "KeyboardInterrupt", "evalue": "", "traceback": ["KeyboardInterrupt"]}
-            await self.on_output("error", error, [])
+            self.emit("error", error)
             return {**results, "status": "error", **error}
         return results
 
@@ -68,7 +89,9 @@ class FakeEvaluator:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+    async def request(
+        self, msg_type: str, content: dict[str, Any], parent: Parent
+    ) -> dict[str, Any]:
         if msg_type == "is_complete_request":
             return {"status": "complete"}
         if msg_type == "complete_request":
@@ -82,19 +105,35 @@ class FakeEvaluator:
         return {"status": "ok"}
 
     async def send_comm(
-        self,
-        msg_type: str,
-        content: dict[str, Any],
-        buffers: list[bytes],
-        *,
-        parent: dict[str, Any] | None = None,
+        self, msg_type: str, content: dict[str, Any], buffers: Sequence[Buffer], parent: Parent
     ) -> None:
-        pass
+        self._parent = parent
 
     async def aclose(self) -> None:
         pass
 
 
-@asynccontextmanager
-async def open_fake_evaluator(on_output: Any) -> AsyncIterator[FakeEvaluator]:
-    yield FakeEvaluator(on_output)
+class FakeEvaluatorFactory:
+    """``factory(sink)``; counts the evaluators it opened. A ``crash`` cell makes
+    the context raise once the cell has returned, as a bridge whose task failed."""
+
+    def __init__(self) -> None:
+        self.opened: list[FakeEvaluator] = []
+
+    @asynccontextmanager
+    async def __call__(self, sink: OutputSink) -> AsyncIterator[FakeEvaluator]:
+        evaluator = FakeEvaluator(sink, len(self.opened))
+        self.opened.append(evaluator)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_fail_when, evaluator.crashed)
+            yield evaluator
+
+
+async def _fail_when(event: trio.Event) -> None:
+    await event.wait()
+    await trio.sleep(0.05)  # after the reply: the context dies outside a cell
+    raise RuntimeError("the fake evaluator's task failed")
+
+
+def open_fake_evaluator(sink: OutputSink) -> Any:
+    return FakeEvaluatorFactory()(sink)

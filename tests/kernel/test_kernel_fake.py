@@ -18,7 +18,7 @@ from trikernel.connection import ConnectionInfo, new_connection_info
 from trikernel.kernel import Kernel
 from trikernel.messages import DELIMITER, Message, Signer, new_header, serialize
 
-from .fake_evaluator import open_fake_evaluator
+from .fake_evaluator import FakeEvaluatorFactory, open_fake_evaluator
 
 
 @pytest.fixture
@@ -185,3 +185,50 @@ async def test_heartbeat_echoes(client: KernelClient) -> None:
     with trio.fail_after(10):
         rtt = await client.heartbeat()
     assert rtt < 1
+
+
+async def test_unencodable_reply_becomes_an_error_reply(client: KernelClient) -> None:
+    # The fake's reply holds NaN, which JSON cannot carry: the client must get an
+    # error reply saying why (it used to get nothing, and wait forever).
+    with trio.fail_after(10):
+        result = await client.execute("nan")
+    content = result.reply.content
+    assert content["status"] == "error"
+    assert content["ename"] == "LocalProtocolError"
+    assert "execute_reply could not be encoded" in content["evalue"]
+    assert "Out of range float values are not JSON compliant" in content["evalue"]
+    assert content["execution_count"] == 1
+    assert result.reply.metadata == {"status": "error"}
+    with trio.fail_after(10):
+        assert (await client.execute("print next")).stdout() == "next\n"
+
+
+async def test_evaluator_whose_context_fails_between_cells_is_replaced(
+    nursery: trio.Nursery,
+) -> None:
+    factory = FakeEvaluatorFactory()
+    kernel = Kernel(new_connection_info(), evaluator_factory=factory)
+    await nursery.start(kernel.run)
+    async with open_client(kernel.info) as client:
+        with trio.fail_after(10):
+            await client.wait_for_ready(10)
+            assert (await client.execute("generation")).stdout() == "0\n"
+            assert (await client.execute("crash")).status == "ok"  # fails after its reply
+            while len(factory.opened) < 2:
+                await trio.sleep(0.01)
+            assert (await client.kernel_info()).content["status"] == "ok"
+            after = await client.execute("generation")
+    assert after.stdout() == "1\n"  # the new evaluator ran it
+    notices = [
+        m.content["text"]
+        for m in client.iopub_log
+        if m.msg_type == "stream" and m.content["name"] == "stderr"
+    ]
+    assert any("the evaluator failed" in t and "namespace was reset" in t for t in notices)
+
+
+async def test_outputs_carry_the_parent_the_evaluator_gives(client: KernelClient) -> None:
+    with trio.fail_after(10):
+        result = await client.execute("print a\n7")
+    msg_id = result.reply.parent_header["msg_id"]
+    assert [m.parent_header["msg_id"] for m in result.outputs] == [msg_id] * 3

@@ -5,13 +5,14 @@ from __future__ import annotations
 import trio
 
 from trikernel.bridge import SubprocessEvaluator
+from trikernel.evaluator_api import Parent
 
 from .conftest import TIMEOUT, Recorder, request_parent, run
 
 
 async def request(evaluator: SubprocessEvaluator, msg_type: str, **content: object) -> dict:
     with trio.fail_after(TIMEOUT):
-        return await evaluator.request(msg_type, content)
+        return await evaluator.request(msg_type, content, Parent())
 
 
 async def test_complete(evaluator: SubprocessEvaluator) -> None:
@@ -66,7 +67,7 @@ async def test_request_while_cell_awaits(evaluator: SubprocessEvaluator) -> None
         nursery.start_soon(run, evaluator, "await trio.sleep(1)")
         await trio.sleep(0.2)
         with trio.fail_after(0.5):  # answered concurrently, not after the cell
-            reply = await evaluator.request("is_complete_request", {"code": "x"})
+            reply = await evaluator.request("is_complete_request", {"code": "x"}, Parent())
         assert reply["status"] == "complete"
         evaluator.interrupt()
 
@@ -184,3 +185,25 @@ async def test_comm_handlers_see_the_frontends_message(
     await run(evaluator, "seen")
     expected = [("open-1", {"version": "2.1.0"}, "open-1"), ("msg-2", {"tag": [1]}, "msg-2")]
     assert recorder.of_type("execute_result")[0]["data"]["text/plain"] == repr(expected)
+
+
+async def test_comm_handler_output_names_the_comm_message(
+    evaluator: SubprocessEvaluator, recorder: Recorder
+) -> None:
+    code = (
+        "import comm\n"
+        "def target(c, msg):\n"
+        "    c.on_msg(lambda m: print('got', m['content']['data']))\n"
+        "comm.get_comm_manager().register_target('p', target)\n"
+    )
+    await run(evaluator, code, parent=request_parent("cell", "execute_request"))
+    opened = {"comm_id": "p1", "target_name": "p", "data": {}}
+    with trio.fail_after(TIMEOUT):
+        await evaluator.send_comm("comm_open", opened, [], request_parent("open", "comm_open"))
+        await evaluator.send_comm(
+            "comm_msg", {"comm_id": "p1", "data": 5}, [], request_parent("msg", "comm_msg")
+        )
+    # send_comm returns once the handlers ran: their output is already in
+    assert recorder.text() == "got 5\n"
+    (printed,) = recorder.outputs
+    assert printed.parent is not None and printed.parent.msg_id == "msg"

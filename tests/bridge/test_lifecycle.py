@@ -9,6 +9,7 @@ import trio
 
 from trikernel.bridge import SubprocessEvaluator, open_subprocess_evaluator
 from trikernel.errors import EvaluatorDied
+from trikernel.evaluator_api import Parent
 
 from .conftest import TIMEOUT, Recorder, alive, run, wait_gone
 
@@ -55,7 +56,7 @@ async def test_death_while_idle(evaluator: SubprocessEvaluator, recorder: Record
 async def test_requests_survive_death(evaluator: SubprocessEvaluator) -> None:
     await run(evaluator, "import os\nos._exit(1)")
     with trio.fail_after(TIMEOUT):
-        reply = await evaluator.request("is_complete_request", {"code": "1"})
+        reply = await evaluator.request("is_complete_request", {"code": "1"}, Parent())
     assert reply["status"] == "complete"
 
 
@@ -106,18 +107,19 @@ async def test_evaluator_that_cannot_start(child_env: dict[str, str]) -> None:
                 raise AssertionError("must not start")
         except EvaluatorDied as exc:
             assert "could not be started" in str(exc) and "exited with code 1" in str(exc)
+            assert exc.returncode == 1
+        else:
+            raise AssertionError("EvaluatorDied not raised")
 
 
-async def test_comm_metadata_reaches_callbacks_that_take_it(child_env: dict[str, str]) -> None:
-    seen: list[tuple[str, dict]] = []
-
-    async def on_output(msg_type: str, content: dict, buffers: list, *, metadata: dict) -> None:
-        seen.append((msg_type, metadata))
-
+async def test_comm_metadata_reaches_the_sink(
+    recorder: Recorder, child_env: dict[str, str]
+) -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_subprocess_evaluator(on_output, env=child_env) as ev:
+        async with open_subprocess_evaluator(recorder, env=child_env) as ev:
             code = (
                 "import comm\nc = comm.create_comm(target_name='t', metadata={'version': '2.1.0'})"
             )
             await run(ev, code)
+    seen = [(o.msg_type, dict(o.metadata)) for o in recorder.outputs]
     assert ("comm_open", {"version": "2.1.0"}) in seen

@@ -8,7 +8,7 @@ import time
 
 from trikernel.bridge import SubprocessEvaluator
 
-from .conftest import Recorder, run
+from .conftest import Recorder, request_parent, run
 
 
 async def test_stream_then_result(evaluator: SubprocessEvaluator, recorder: Recorder) -> None:
@@ -162,3 +162,29 @@ async def test_pass_round_trip(evaluator: SubprocessEvaluator) -> None:
         await run(evaluator, "pass", store_history=False)
     per_cell = (time.perf_counter() - start) / n
     print(f"\nexecute round trip of `pass`: {per_cell * 1e3:.2f} ms")
+
+
+async def test_every_output_names_its_request(
+    evaluator: SubprocessEvaluator, recorder: Recorder
+) -> None:
+    code = "import os, sys\nprint('a')\nos.system('echo b; echo c >&2')\n1"
+    parent = request_parent("cell-7", "execute_request")
+    assert (await run(evaluator, code, parent=parent))["status"] == "ok"
+    kinds = sorted({o.msg_type for o in recorder.outputs})
+    assert kinds == ["execute_result", "stream"]
+    # fd 1 is another pipe: ordered with the reply, not with print()
+    assert sorted(recorder.text().splitlines()) == ["a", "b"]
+    assert recorder.text("stderr") == "c\n"
+    assert {o.parent.msg_id for o in recorder.outputs if o.parent is not None} == {"cell-7"}
+    assert all(o.parent is not None for o in recorder.outputs)
+
+
+async def test_output_between_cells_belongs_to_the_latest_request(
+    evaluator: SubprocessEvaluator, recorder: Recorder
+) -> None:
+    code = "async def later():\n    await trio.sleep(0.2)\n    print('later')\nbackground.start_soon(later)"
+    await run(evaluator, code, parent=request_parent("first", "execute_request"))
+    await run(evaluator, "pass", parent=request_parent("second", "execute_request"))
+    await recorder.wait_for(lambda: recorder.text() == "later\n")
+    (later,) = recorder.outputs
+    assert later.parent is not None and later.parent.msg_id == "second"

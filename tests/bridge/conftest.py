@@ -1,4 +1,4 @@
-"""Fixtures for the evaluator tests: a real evaluator subprocess behind the bridge.
+"""Fixtures for the bridge tests: a real evaluator subprocess behind the bridge.
 
 Rules: every test drives ``trikernel.bridge`` against a real subprocess; every
 wait is bounded by ``trio.fail_after``; IPython's profile directory is a temporary
@@ -16,27 +16,32 @@ from typing import Any
 import pytest
 import trio
 
+from trikernel._bytes import Buffer
 from trikernel.bridge import SubprocessEvaluator, open_subprocess_evaluator
-from trikernel.zmtp.codec import Buffer
+from trikernel.evaluator_api import ExecuteRequest, Output, Parent
 
 TIMEOUT = 30
 
 
 class Recorder:
-    """The bridge's on_output: keeps every message, in order, and wakes waiters."""
+    """The bridge's sink: keeps every message, in order, and wakes waiters.
+
+    ``messages`` holds (msg_type, content decoded, buffers as bytes); ``outputs``
+    the ``Output`` objects themselves (their parent, metadata)."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, dict[str, Any], list[Buffer]]] = []
+        self.outputs: list[Output] = []
         self.times: list[float] = []
         self._changed = trio.Event()
 
-    async def __call__(
-        self, msg_type: str, content: dict[str, Any] | Buffer, buffers: list[Buffer]
-    ) -> None:
+    def __call__(self, output: Output) -> None:
+        content = output.content
         if not isinstance(content, dict):  # wire JSON, packed by the evaluator
             content = json.loads(bytes(content))
         assert isinstance(content, dict)
-        self.messages.append((msg_type, content, buffers))
+        self.messages.append((output.msg_type, content, [bytes(b) for b in output.buffers]))
+        self.outputs.append(output)
         self.times.append(trio.current_time())
         self._changed.set()
         self._changed = trio.Event()
@@ -49,6 +54,7 @@ class Recorder:
 
     def clear(self) -> None:
         self.messages.clear()
+        self.outputs.clear()
         self.times.clear()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
@@ -70,8 +76,8 @@ def execute_content(code: str, **overrides: Any) -> dict[str, Any]:
     return content
 
 
-def request_parent(msg_id: str, msg_type: str, **metadata: Any) -> dict[str, Any]:
-    """The ``parent`` the kernel passes along with a request (see evaluator.protocol)."""
+def request_parent(msg_id: str, msg_type: str, **metadata: Any) -> Parent:
+    """The ``Parent`` the kernel passes along with a request."""
     header = {
         "msg_id": msg_id,
         "msg_type": msg_type,
@@ -80,7 +86,7 @@ def request_parent(msg_id: str, msg_type: str, **metadata: Any) -> dict[str, Any
         "date": "2025-01-02T03:04:05.000000Z",
         "version": "5.4",
     }
-    return {"header": header, "parent_header": {}, "metadata": metadata}
+    return Parent(header, {}, metadata)
 
 
 async def run(
@@ -88,13 +94,12 @@ async def run(
     code: str,
     *,
     request_input: Any = None,
-    parent: dict[str, Any] | None = None,
+    parent: Parent | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
+    request = ExecuteRequest.from_content(execute_content(code, **overrides), parent)
     with trio.fail_after(TIMEOUT):
-        return await evaluator.execute(
-            execute_content(code, **overrides), request_input=request_input, parent=parent
-        )
+        return await evaluator.execute(request, request_input)
 
 
 @pytest.fixture

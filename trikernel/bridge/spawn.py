@@ -29,7 +29,7 @@ class Spawned:
     to_child: int  # frames to the evaluator (write end)
     from_child: int  # frames from the evaluator (read end)
     lifeline: int  # write end; its closing ends the evaluator's process group
-    token: str  # end-of-cell marker token (see protocol.sync_marker)
+    token: str  # end-of-cell marker token (see evaluator.protocol.sync_marker)
 
 
 def spawn_evaluator(

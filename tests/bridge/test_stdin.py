@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 
 from trikernel.bridge import SubprocessEvaluator
+from trikernel.evaluator_api import Parent
 
 from .conftest import Recorder, run
 
@@ -61,5 +62,5 @@ async def test_requests_after_input(evaluator: SubprocessEvaluator) -> None:
     reply = await run(evaluator, "v = input()", request_input=answer, allow_stdin=True)
     assert reply["status"] == "ok"
     with trio.fail_after(10):
-        info = await evaluator.request("is_complete_request", {"code": "v"})
+        info = await evaluator.request("is_complete_request", {"code": "v"}, Parent())
     assert info["status"] == "complete"
