@@ -51,9 +51,9 @@ async def test_the_embedded_kernel_has_the_ipython_core(tmp_path: Path) -> None:
     process = await trio.lowlevel.open_process(
         [sys.executable, "-c", APP, str(path)], stdout=subprocess.PIPE, env=env
     )
-    client = Attached(path)
     try:
         await wait_for_file(path, process)
+        client = Attached(path)
         await client.start()
         # ipywidgets: the slider opens its comm; a frontend update changes its value.
         reply, outputs = await client.run("import ipywidgets\nslider = ipywidgets.IntSlider(3)")
