@@ -46,6 +46,14 @@ def test_topics(msg_type: str, content: dict[str, Any], expected: bytes) -> None
     assert topic(msg_type, content, "s") == expected
 
 
+def test_packed_stream_topics_follow_the_outbox_encoding() -> None:
+    from trikernel import _json
+
+    for name in ("stdout", "stderr"):
+        packed = _json.encode({"name": name, "text": "x"})
+        assert topic("stream", memoryview(packed), "s") == f"stream.{name}".encode()
+
+
 def test_output_keeps_its_parent_and_metadata(sent: tuple[IOPub, list[list[Any]]]) -> None:
     iopub, frames = sent
     parent = Parent({"msg_id": "req-1", "msg_type": "comm_msg"})

@@ -20,12 +20,17 @@ from .zmtp.sockets import Peer, PubSocket
 __all__ = ["IOPub", "topic"]
 
 _DISPLAY = frozenset({"display_data", "update_display_data", "clear_output"})
+# Packed stream content is written by cells.streams.Outbox, the name first.
+_PACKED_STDERR = b'{"name":"stderr"'
 
 
 def topic(msg_type: str, content: Mapping[str, Any] | Buffer, session: str) -> bytes:
     """The topic frame, as ipykernel names them."""
     if msg_type == "stream":
-        name = content.get("name", "stdout") if isinstance(content, Mapping) else "stdout"
+        if isinstance(content, Mapping):
+            name = content.get("name", "stdout")
+        else:
+            name = "stderr" if bytes(content[: len(_PACKED_STDERR)]) == _PACKED_STDERR else "stdout"
         return f"stream.{name}".encode()
     if msg_type in _DISPLAY:
         return b"display_data"

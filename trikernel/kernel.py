@@ -66,6 +66,67 @@ def _subprocess_evaluator(
     return open_subprocess_evaluator(sink, prespawned=prespawned, **options)
 
 
+class _Attached:
+    """The current evaluator, as handlers call it: every call runs in a cancel scope
+    that ends (an ``EvaluatorDied`` error reply) if the evaluator's context fails
+    while the call waits in it, so no request waits for an evaluator that is gone."""
+
+    def __init__(self, inner: Evaluator) -> None:
+        self.inner = inner
+        self._calls: set[trio.CancelScope] = set()
+        self._failed = ""
+
+    def fail(self, why: str) -> None:
+        self._failed = why
+        for scope in self._calls:
+            scope.cancel()
+
+    async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        with trio.CancelScope() as scope:
+            self._calls.add(scope)
+            try:
+                return await fn(*args)
+            finally:
+                self._calls.discard(scope)
+        raise EvaluatorDied(f"the evaluator failed while answering this request ({self._failed})")
+
+    @property
+    def execution_count(self) -> int:
+        return self.inner.execution_count
+
+    async def execute(self, request: Any, request_input: InputCallback | None) -> dict[str, Any]:
+        try:
+            reply: dict[str, Any] = await self._call(self.inner.execute, request, request_input)
+        except EvaluatorDied as exc:
+            return error_content(
+                "EvaluatorDied",
+                f"{exc}; the namespace was reset",
+                execution_count=self.inner.execution_count,
+            )
+        return reply
+
+    def interrupt(self) -> None:
+        self.inner.interrupt()
+
+    async def request(self, msg_type: str, content: dict[str, Any], parent: Any) -> dict[str, Any]:
+        try:
+            reply: dict[str, Any] = await self._call(self.inner.request, msg_type, content, parent)
+        except EvaluatorDied as exc:
+            return error_content("EvaluatorDied", str(exc))
+        return reply
+
+    async def send_comm(
+        self, msg_type: str, content: dict[str, Any], buffers: Any, parent: Any
+    ) -> None:
+        try:
+            await self._call(self.inner.send_comm, msg_type, content, buffers, parent)
+        except EvaluatorDied:
+            log.warning("a %s was lost with the evaluator", msg_type)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class Kernel:
     """One Jupyter kernel. ``await nursery.start(kernel.run)`` returns the
     ConnectionInfo with the real ports; cancelling it (or shutdown_request)
@@ -179,11 +240,13 @@ class Kernel:
             try:
                 async with self._evaluator_factory(self._publish_output) as evaluator:
                     started = trio.current_time()
-                    self._evaluator = evaluator
+                    attached = self._evaluator = _Attached(evaluator)
                     self._evaluator_ready.set()
                     await trio.sleep_forever()
             except Exception as exc:  # a broken evaluator must not take the kernel down
                 self._evaluator_ready = trio.Event()  # before clearing: see get_evaluator
+                if started is not None:
+                    attached.fail(_one_line(exc))
                 self._evaluator = None
                 if started is None:
                     log.exception("the evaluator could not be started")

@@ -3,7 +3,8 @@
 Cells are tiny scripts: ``print TEXT`` (stream), ``sleep SECONDS`` (awaits; interruptible),
 ``fail`` (error), ``input PROMPT`` (asks stdin and prints the answer), ``nan`` (a reply
 that cannot be encoded: NaN in user_expressions), ``crash`` (the evaluator's context
-fails once the cell returned), anything else is echoed back as an execute_result.
+fails once the cell returned), ``crash_while_running`` (it fails while the cell
+still waits), anything else is echoed back as an execute_result.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class FakeEvaluator:
                     results["user_expressions"] = {"x": float("nan")}
                 elif word == "crash":
                     self.crashed.set()
+                elif word == "crash_while_running":
+                    self.crashed.set()
+                    await trio.sleep_forever()  # only the context's failure ends this
                 elif word == "generation":
                     self.emit("stream", {"name": "stdout", "text": f"{self.generation}\n"})
                 else:

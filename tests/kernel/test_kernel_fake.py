@@ -227,6 +227,21 @@ async def test_evaluator_whose_context_fails_between_cells_is_replaced(
     assert any("the evaluator failed" in t and "namespace was reset" in t for t in notices)
 
 
+async def test_a_cell_running_when_the_evaluator_context_fails_gets_an_error_reply(
+    nursery: trio.Nursery,
+) -> None:
+    factory = FakeEvaluatorFactory()
+    kernel = Kernel(new_connection_info(), evaluator_factory=factory)
+    await nursery.start(kernel.run)
+    async with open_client(kernel.info) as client:
+        with trio.fail_after(10):
+            await client.wait_for_ready(10)
+            result = await client.execute("crash_while_running")
+            assert result.reply.content["ename"] == "EvaluatorDied"
+            assert "namespace was reset" in result.reply.content["evalue"]
+            assert (await client.execute("generation")).stdout() == "1\n"
+
+
 async def test_outputs_carry_the_parent_the_evaluator_gives(client: KernelClient) -> None:
     with trio.fail_after(10):
         result = await client.execute("print a\n7")
