@@ -29,7 +29,7 @@ def default(obj: Any) -> Any:
         return obj.isoformat()
     if isinstance(obj, bytes | bytearray | memoryview):
         return base64.b64encode(obj).decode("ascii")
-    if type(obj).__module__ == "numpy" and hasattr(obj, "item"):  # numpy scalars
+    if type(obj).__module__ == "numpy" and getattr(obj, "ndim", None) == 0:  # numpy scalars
         return obj.item()
     raise TypeError(f"{type(obj).__name__} object is not JSON serializable")
 

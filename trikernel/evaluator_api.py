@@ -108,13 +108,17 @@ class Output:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _field(content: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
+def _field(
+    content: Mapping[str, Any], name: str, kind: type | tuple[type, ...], default: Any
+) -> Any:
     value = content.get(name, default)
     if value is None and default is not None:
         value = default
     if not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        names = " or ".join(k.__name__ for k in kinds)
         raise RemoteProtocolError(
-            f"execute_request: {name!r} must be {kind.__name__}, not {type(value).__name__}"
+            f"execute_request: {name!r} must be {names}, not {type(value).__name__}"
         )
     return value
 
@@ -143,8 +147,8 @@ class ExecuteRequest:
         subshell_id: str | None = None,
     ) -> ExecuteRequest:
         """Raises RemoteProtocolError naming the first field of a wrong type."""
-        silent = bool(_field(content, "silent", (bool, int), False))  # type: ignore[arg-type]
-        store = bool(_field(content, "store_history", (bool, int), not silent))  # type: ignore[arg-type]
+        silent = bool(_field(content, "silent", (bool, int), False))
+        store = bool(_field(content, "store_history", (bool, int), not silent))
         expressions = _field(content, "user_expressions", dict, {})
         if not all(isinstance(v, str) for v in expressions.values()):
             raise RemoteProtocolError("execute_request: user_expressions values must be strings")
@@ -152,8 +156,8 @@ class ExecuteRequest:
             code=_field(content, "code", str, ""),
             silent=silent,
             store_history=store and not silent,
-            allow_stdin=bool(_field(content, "allow_stdin", (bool, int), False)),  # type: ignore[arg-type]
-            stop_on_error=bool(_field(content, "stop_on_error", (bool, int), True)),  # type: ignore[arg-type]
+            allow_stdin=bool(_field(content, "allow_stdin", (bool, int), False)),
+            stop_on_error=bool(_field(content, "stop_on_error", (bool, int), True)),
             user_expressions=dict(expressions),
             subshell_id=subshell_id,
             parent=parent or Parent(),

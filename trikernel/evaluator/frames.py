@@ -72,6 +72,13 @@ def _get(frame: Frame, name: str, kind: type | tuple[type, ...], default: Any = 
     return value
 
 
+def _parent(frame: Frame) -> Parent:
+    try:
+        return Parent.from_json(frame.body.get("parent"))
+    except RemoteProtocolError as exc:
+        raise RemoteProtocolError(f"{frame.kind} frame: {exc}") from exc
+
+
 # -- bridge -> evaluator ----------------------------------------------------------
 
 
@@ -98,7 +105,7 @@ class Execute:
     def from_frame(cls, frame: Frame) -> Execute:
         request = ExecuteRequest.from_content(
             _get(frame, "content", dict),
-            Parent.from_json(frame.body.get("parent")),
+            _parent(frame),
             _get(frame, "subshell_id", (str, type(None)), None),
         )
         return cls(_get(frame, "id", int), request, bool(_get(frame, "allow_stdin", bool, False)))
@@ -144,7 +151,7 @@ class Request:
             _get(frame, "id", int),
             _get(frame, "msg_type", str),
             _get(frame, "content", dict),
-            Parent.from_json(frame.body.get("parent")),
+            _parent(frame),
         )
 
 
@@ -194,7 +201,7 @@ class Comm:
         return cls(
             _get(frame, "msg_type", str),
             _get(frame, "content", dict),
-            Parent.from_json(frame.body.get("parent")),
+            _parent(frame),
             tuple(frame.buffers),
             _get(frame, "id", int, None),
         )
