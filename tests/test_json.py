@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 
 from trikernel._json import default, encode
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def test_encode_is_compact_utf8() -> None:
-    assert encode({"a": [1, 2.5, None, True], "é": "ü"}) == '{"a":[1,2.5,null,true],"é":"ü"}'.encode()
+    assert (
+        encode({"a": [1, 2.5, None, True], "é": "ü"}) == '{"a":[1,2.5,null,true],"é":"ü"}'.encode()
+    )
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -46,7 +48,9 @@ def test_dates_and_times_are_iso_8601() -> None:
     assert encode([dt.date(2024, 2, 29), dt.time(12, 30)]) == b'["2024-02-29","12:30:00"]'
 
 
-@pytest.mark.parametrize("data", [b"\x89PNG\x00", bytearray(b"\x89PNG\x00"), memoryview(b"\x89PNG\x00")])
+@pytest.mark.parametrize(
+    "data", [b"\x89PNG\x00", bytearray(b"\x89PNG\x00"), memoryview(b"\x89PNG\x00")]
+)
 def test_bytes_are_base64(data: bytes | bytearray | memoryview) -> None:
     assert encode({"image/png": data}) == b'{"image/png":"iVBORwA="}'
 
