@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from trikernel.cells import streams
-from trikernel.cells.streams import FLUSH_SIZE, Outbox
+from trikernel.cells.streams import FLUSH_SIZE, Emitted, Outbox
 
 NEVER = 60.0  # a flush delay no test waits for
 
@@ -29,8 +29,9 @@ class Recorder:
         self.times: list[float] = []
         self.arrived = threading.Event()
 
-    def __call__(self, request: Any, msg_type: str, content: bytes, metadata: Any, buffers: Any):
-        self.outputs.append((request, msg_type, json.loads(content), metadata, buffers))
+    def __call__(self, out: Emitted) -> None:
+        content = json.loads(out.content)
+        self.outputs.append((out.request, out.msg_type, content, out.metadata, out.buffers))
         self.threads.append(threading.current_thread().name)
         self.times.append(time.monotonic())
         self.arrived.set()

@@ -27,28 +27,30 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from .. import _json
 from .._bytes import Buffer
 
-__all__ = ["Outbox", "Emit", "FLUSH_SIZE", "FLUSH_DELAY"]
+__all__ = ["Outbox", "Emit", "Emitted", "FLUSH_SIZE", "FLUSH_DELAY"]
 
 FLUSH_SIZE = 64 * 1024  # characters
 FLUSH_DELAY = 0.05  # seconds
 
 
-class Emit(Protocol):
-    """Takes one output, encoded: ``(request, msg_type, content JSON, metadata, buffers)``."""
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """One output as the Outbox hands it on: encoded, with the request it belongs to."""
 
-    def __call__(
-        self,
-        request: Any,
-        msg_type: str,
-        content: bytes,
-        metadata: dict[str, Any],
-        buffers: Sequence[Buffer],
-    ) -> None: ...
+    request: Any
+    msg_type: str
+    content: bytes  # wire JSON
+    metadata: dict[str, Any]
+    buffers: Sequence[Buffer]
+
+
+Emit = Callable[[Emitted], None]
 
 
 class Outbox:
@@ -106,7 +108,7 @@ class Outbox:
         with self._lock:
             self._flush_locked()
             if not self._muted:
-                self._emit(self.request, msg_type, packed, dict(metadata or {}), buffers)
+                self._emit(Emitted(self.request, msg_type, packed, dict(metadata or {}), buffers))
         if self.safe_point is not None:
             self.safe_point()
 
@@ -149,7 +151,7 @@ class Outbox:
         self._size = 0
         if not self._muted:
             packed = _json.encode({"name": self._name, "text": text})
-            self._emit(self.request, "stream", packed, {}, ())
+            self._emit(Emitted(self.request, "stream", packed, {}, ()))
 
     def _flusher(self) -> None:
         with self._lock:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import codecs
 import io
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from .. import _json
 from .._bytes import Buffer
-from ..cells.streams import Outbox
+from ..cells.streams import Emitted, Outbox
 from . import frames
 from .protocol import encode_frame
 
@@ -48,16 +47,11 @@ class Pipe:
     def send(self, frame: frames.TypedFrame) -> None:
         self.outbox.run_in_order(lambda: self._write(frame))
 
-    def _emit_output(
-        self,
-        request: Any,
-        msg_type: str,
-        content: bytes,
-        metadata: dict[str, Any],
-        buffers: Sequence[Buffer],
-    ) -> None:
-        output = frames.Output(int(request or 0), msg_type, content, metadata, tuple(buffers))
-        self._write(output)
+    def _emit_output(self, out: Emitted) -> None:
+        request = int(out.request or 0)
+        self._write(
+            frames.Output(request, out.msg_type, out.content, out.metadata, tuple(out.buffers))
+        )
 
     def _write(self, frame: frames.TypedFrame) -> None:
         # Buffers are written from the caller's memory, before this returns.

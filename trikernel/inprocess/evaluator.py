@@ -37,7 +37,7 @@ from IPython.display import clear_output, display
 from .._bytes import Buffer
 from ..cells.background import Background
 from ..cells.facade import request_message
-from ..cells.streams import Outbox
+from ..cells.streams import Emitted, Outbox
 from ..evaluator_api import ExecuteRequest, InputCallback, Output, OutputSink, Parent
 from . import routing
 from .shell import EmbeddedShell, new_shell
@@ -57,15 +57,8 @@ class _ToSink:
         self._scheduled = False
         self._token = trio.lowlevel.current_trio_token()
 
-    def __call__(
-        self,
-        request: Any,
-        msg_type: str,
-        content: bytes,
-        metadata: dict[str, Any],
-        buffers: Sequence[Buffer],
-    ) -> None:
-        output = Output(msg_type, content, request, tuple(buffers), metadata)
+    def __call__(self, out: Emitted) -> None:
+        output = Output(out.msg_type, out.content, out.request, tuple(out.buffers), out.metadata)
         with self._lock:
             self._queue.append(output)
             if self._scheduled:
