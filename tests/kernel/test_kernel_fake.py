@@ -203,21 +203,35 @@ async def test_unencodable_reply_becomes_an_error_reply(client: KernelClient) ->
         assert (await client.execute("print next")).stdout() == "next\n"
 
 
-async def test_evaluator_whose_context_fails_between_cells_is_replaced(
-    nursery: trio.Nursery,
-) -> None:
-    factory = FakeEvaluatorFactory()
+@pytest.fixture
+async def factory() -> FakeEvaluatorFactory:
+    return FakeEvaluatorFactory()
+
+
+@pytest.fixture
+async def replaced_client(
+    nursery: trio.Nursery, factory: FakeEvaluatorFactory
+) -> AsyncIterator[KernelClient]:
+    """A client of a kernel on ``factory``'s fake evaluators (it counts the ones opened)."""
     kernel = Kernel(new_connection_info(), evaluator_factory=factory)
     await nursery.start(kernel.run)
     async with open_client(kernel.info) as client:
         with trio.fail_after(10):
             await client.wait_for_ready(10)
-            assert (await client.execute("generation")).stdout() == "0\n"
-            assert (await client.execute("crash")).status == "ok"  # fails after its reply
-            while len(factory.opened) < 2:
-                await trio.sleep(0.01)
-            assert (await client.kernel_info()).content["status"] == "ok"
-            after = await client.execute("generation")
+        yield client
+
+
+async def test_evaluator_whose_context_fails_between_cells_is_replaced(
+    replaced_client: KernelClient, factory: FakeEvaluatorFactory
+) -> None:
+    client = replaced_client
+    with trio.fail_after(10):
+        assert (await client.execute("generation")).stdout() == "0\n"
+        assert (await client.execute("crash")).status == "ok"  # fails after its reply
+        while len(factory.opened) < 2:
+            await trio.sleep(0.01)
+        assert (await client.kernel_info()).content["status"] == "ok"
+        after = await client.execute("generation")
     assert after.stdout() == "1\n"  # the new evaluator ran it
     notices = [
         m.content["text"]
@@ -228,18 +242,13 @@ async def test_evaluator_whose_context_fails_between_cells_is_replaced(
 
 
 async def test_a_cell_running_when_the_evaluator_context_fails_gets_an_error_reply(
-    nursery: trio.Nursery,
+    replaced_client: KernelClient,
 ) -> None:
-    factory = FakeEvaluatorFactory()
-    kernel = Kernel(new_connection_info(), evaluator_factory=factory)
-    await nursery.start(kernel.run)
-    async with open_client(kernel.info) as client:
-        with trio.fail_after(10):
-            await client.wait_for_ready(10)
-            result = await client.execute("crash_while_running")
-            assert result.reply.content["ename"] == "EvaluatorDied"
-            assert "namespace was reset" in result.reply.content["evalue"]
-            assert (await client.execute("generation")).stdout() == "1\n"
+    with trio.fail_after(10):
+        result = await replaced_client.execute("crash_while_running")
+        assert result.reply.content["ename"] == "EvaluatorDied"
+        assert "namespace was reset" in result.reply.content["evalue"]
+        assert (await replaced_client.execute("generation")).stdout() == "1\n"
 
 
 async def test_outputs_carry_the_parent_the_evaluator_gives(client: KernelClient) -> None:
