@@ -37,7 +37,7 @@ import trio
 
 from ._bytes import Buffer
 from .cells.replies import error_content
-from .connection import ConnectionInfo
+from .connection import CHANNELS, ConnectionInfo
 from .errors import EvaluatorDied, LocalProtocolError, RemoteProtocolError
 from .evaluator_api import Evaluator, EvaluatorFactory, InputCallback, Output, OutputSink
 from .handlers import ABORTING_SHELL_HANDLERS, CONTROL_HANDLERS, SHELL_HANDLERS, dispatch
@@ -53,7 +53,6 @@ __all__ = ["Kernel", "EvaluatorFactory"]
 
 log = logging.getLogger("trikernel.kernel")
 
-_CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
 RESTART_PAUSE = 1.0  # an evaluator that failed this soon after starting: wait before the next
 
 
@@ -188,7 +187,7 @@ class Kernel:
         }
         async with self.shell, self.control, self.stdin.socket, self.iopub.socket, self.hb:
             ports = {}
-            for name in _CHANNELS:
+            for name in CHANNELS:
                 prebound = self._prebound.pop(name, None)
                 endpoint = await sockets[name].bind(self.info.url(name), sock=prebound)
                 ports[f"{name}_port"] = (
