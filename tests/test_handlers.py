@@ -192,3 +192,13 @@ async def test_a_handler_bug_is_an_error_reply() -> None:
     await run(ctx, request("complete_request", code="x"))  # the fake needs cursor_pos
     ((content, _),) = ctx.replies()
     assert content["status"] == "error" and content["ename"] == "KeyError"
+
+
+async def test_exit_in_a_cell_stops_the_kernel_after_its_reply() -> None:
+    ctx = FakeContext()
+    await run(ctx, request("execute_request", code="exit keep"))
+    assert ctx.shutdowns == []  # exit(keep_kernel=True): only the frontend goes
+    await run(ctx, request("execute_request", code="exit"))
+    assert ctx.shutdowns == [False]
+    [_, (content, _)] = ctx.replies()
+    assert content["payload"] == [{"source": "ask_exit", "keepkernel": False}]

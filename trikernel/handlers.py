@@ -17,6 +17,8 @@ The rules that live here and nowhere else:
   already received (``ctx.abort_queued()``; the kernel then dispatches those with
   ``ABORTING_SHELL_HANDLERS``, where execute_request is answered ``aborted`` and
   every other request as usual);
+* a cell that called exit() (an ``ask_exit`` payload without keepkernel) stops the
+  kernel once its reply is sent, as ipykernel does;
 * introspection and comm messages go to the evaluator with their parent.
 """
 
@@ -163,7 +165,19 @@ async def execute(ctx: KernelContext, msg: Message) -> dict[str, Any]:
     reply = await evaluator.execute(request, request_input)
     if reply.get("status") == "error" and request.stop_on_error and not request.silent:
         ctx.abort_queued()
+    if _asks_exit(reply):
+        # exit()/quit() in a cell: the kernel stops after this reply, as ipykernel does
+        # (the frontend then restarts it, or a console quits).
+        ctx.request_shutdown(False)
     return reply
+
+
+def _asks_exit(reply: dict[str, Any]) -> bool:
+    payload = reply.get("payload")
+    return isinstance(payload, list) and any(
+        isinstance(p, dict) and p.get("source") == "ask_exit" and not p.get("keepkernel")
+        for p in payload
+    )
 
 
 async def aborted(ctx: KernelContext, msg: Message) -> dict[str, Any]:

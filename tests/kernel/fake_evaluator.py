@@ -4,7 +4,7 @@ Cells are tiny scripts: ``print TEXT`` (stream), ``sleep SECONDS`` (awaits; inte
 ``fail`` (error), ``input PROMPT`` (asks stdin and prints the answer), ``nan`` (a reply
 that cannot be encoded: NaN in user_expressions), ``crash`` (the evaluator's context
 fails once the cell returned), ``crash_while_running`` (it fails while the cell
-still waits), anything else is echoed back as an execute_result.
+still waits), ``exit [keep]`` (the ask_exit payload of IPython's exit()), anything else is echoed back as an execute_result.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class FakeEvaluator:
                     self.emit("stream", {"name": "stdout", "text": value + "\n"})
                 elif word == "nan":
                     results["user_expressions"] = {"x": float("nan")}
+                elif word == "exit":  # what IPython's exit() leaves in the reply
+                    keep = arg == "keep"
+                    results["payload"] = [{"source": "ask_exit", "keepkernel": keep}]
                 elif word == "crash":
                     self.crashed.set()
                 elif word == "crash_while_running":

@@ -137,6 +137,21 @@ def test_shutdown_leaves_no_process_behind(km: KernelManager, kc: BlockingKernel
     wait_gone(tree, 10)
 
 
+def test_exit_in_a_cell_stops_the_kernel(km: KernelManager, kc: BlockingKernelClient) -> None:
+    # As ipykernel: the reply carries the ask_exit payload, then the kernel process ends.
+    assert km.provisioner is not None
+    tree = process_tree(km.provisioner.process.pid)
+    reply, _ = run(kc, "exit()")
+    assert reply["content"]["payload"] == [{"source": "ask_exit", "keepkernel": False}]
+    wait_gone(tree, TIMEOUT)
+
+
+def test_who_lists_only_the_users_names(kc: BlockingKernelClient) -> None:
+    reply, outputs = run(kc, "mine = 1\n%who")
+    assert reply["content"]["status"] == "ok"
+    assert stream_text(outputs).split() == ["mine"]  # not background, trio
+
+
 def test_nbclient_runs_a_notebook() -> None:
     nb = nbformat.v4.new_notebook()
     nb.cells = [

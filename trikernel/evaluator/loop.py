@@ -216,8 +216,9 @@ class EvaluatorLoop:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             background = await nursery.start(self._hold_background)
-            self.shell.user_ns["background"] = background
-            self.shell.user_ns.setdefault("trio", trio)  # so `await trio.sleep(1)` just works
+            # `await trio.sleep(1)` just works; %who and %whos do not list what we put there.
+            ours = {"background": background, "trio": trio}
+            self.shell.push(ours, interactive=False)
             nursery.start_soon(self._work)
             count = self.shell.execution_count
             self.pipe.send(frames.Ready(os.getpid(), count, self._sync_token))

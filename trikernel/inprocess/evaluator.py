@@ -221,9 +221,13 @@ async def open_inprocess_evaluator(
         try:
             async with trio.open_nursery() as nursery:
                 background = Background(nursery, shell.show_background_error)
-                namespace.update(
-                    background=background, display=display, clear_output=clear_output, ainput=ainput
-                )
+                ours = {
+                    "background": background,
+                    "display": display,
+                    "clear_output": clear_output,
+                    "ainput": ainput,
+                }
+                shell.push(ours, interactive=False)  # hidden from %who, as IPython's own
                 evaluator = InProcessEvaluator(shell, to_sink, background)
                 try:
                     yield evaluator
