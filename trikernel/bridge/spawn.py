@@ -18,7 +18,10 @@ import secrets
 import subprocess
 from dataclasses import dataclass
 
-__all__ = ["Spawned", "spawn_evaluator"]
+__all__ = ["Spawned", "spawn_evaluator", "CONNECTION_FILE_ENV"]
+
+#: the kernel's connection file, for the evaluator's %connect_info (set by launch.py)
+CONNECTION_FILE_ENV = "TRIKERNEL_CONNECTION_FILE"
 
 
 @dataclass

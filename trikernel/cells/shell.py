@@ -34,6 +34,7 @@ from .aio import AsyncioCells
 from .comms import deliver
 from .display import KernelDisplayHook, KernelDisplayPublisher
 from .facade import KernelFacade
+from .magics import KernelMagics
 from .replies import ok_execute
 from .tracebacks import CellCompiler, contains_group, only_cancellations, user_frames
 
@@ -63,6 +64,8 @@ class KernelShell(AsyncioCells, InteractiveShell):
     #: set by the evaluator when the running cell was interrupted by cancellation
     interrupted = False
     _last_error: dict[str, Any] | None = None
+    #: the kernel's connection file, for %connect_info (None when not known)
+    connection_file: str | None = None
     comm_manager: comm.base_comm.CommManager
     kernel: KernelFacade
 
@@ -83,6 +86,7 @@ class KernelShell(AsyncioCells, InteractiveShell):
 
     def init_magics(self) -> None:
         super().init_magics()
+        self.register_magics(KernelMagics)
         self.register_magic_function(self.autoawait_magic, "line", "autoawait")  # type: ignore[arg-type]
 
     def init_hooks(self) -> None:

@@ -2,7 +2,7 @@
 
 ``sys.stdout``/``sys.stderr`` feed the pipe's outbox, ``input()``/``getpass()``
 ask the bridge, the ``comm`` package sends through the shell, matplotlib draws
-inline, pagers do not wait for a terminal. The embedded evaluator does none of
+inline, pagers do not wait for a terminal, ``pdb`` is IPython's debugger. The embedded evaluator does none of
 this: it routes each of these by context instead (``trikernel.inprocess``).
 """
 
@@ -21,6 +21,18 @@ from .outbox import StreamWriter
 __all__ = ["create_shell"]
 
 
+def _use_ipython_debugger() -> None:
+    """``pdb.set_trace()`` and ``breakpoint()`` give IPython's debugger (``ipdb>``, context,
+    colours), interruptible, as under ipykernel."""
+    import pdb
+
+    from IPython.core import debugger
+
+    debugger.Pdb = debugger.InterruptiblePdb  # type: ignore[misc]
+    pdb.Pdb = debugger.Pdb  # type: ignore[assignment, misc]
+    pdb.set_trace = debugger.set_trace
+
+
 def create_shell(outbox: Outbox, *, execution_count: int = 1) -> KernelShell:
     """Build the one shell of this process, with stdio, input() and comms rerouted."""
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -29,6 +41,8 @@ def create_shell(outbox: Outbox, *, execution_count: int = 1) -> KernelShell:
     sys.stderr = StreamWriter(outbox, "stderr", 2)
     shell = KernelShell.instance(outbox=outbox)
     shell.execution_count = execution_count
+    shell.connection_file = os.environ.get("TRIKERNEL_CONNECTION_FILE")  # bridge.spawn's
+    _use_ipython_debugger()
     route_comms(lambda: shell)
     builtins.input = shell.kernel_input
     getpass.getpass = shell.kernel_getpass
