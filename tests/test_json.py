@@ -71,12 +71,14 @@ def test_other_objects_are_a_type_error_naming_the_type() -> None:
 
 def test_numpy_scalars_are_their_python_value() -> None:
     import numpy as np  # matplotlib (test extra) requires it
+
     values = [np.int64(3), np.float32(0.5), np.float64(1.25), np.bool_(True), np.uint8(255)]
     assert encode(values) == b"[3,0.5,1.25,true,255]"
 
 
 def test_a_numpy_nan_is_refused() -> None:
     import numpy as np  # matplotlib (test extra) requires it
+
     for nan in (np.float64("nan"), np.float32("nan")):
         with pytest.raises(ValueError):
             encode(nan)
@@ -84,6 +86,7 @@ def test_a_numpy_nan_is_refused() -> None:
 
 def test_a_numpy_naive_datetime_is_refused() -> None:
     import numpy as np  # matplotlib (test extra) requires it
+
     with pytest.raises(TypeError, match="naive datetime"):
         encode(np.datetime64("2024-01-02T03:04:05", "us"))
 

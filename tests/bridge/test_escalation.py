@@ -98,9 +98,11 @@ def _run(events: list[Event]) -> tuple[list[Action], Phase]:
 @given(st.lists(st.sampled_from(list(Event)), max_size=30))
 def test_any_sequence_keeps_the_promises(events: list[Event]) -> None:
     actions, phase = _run(events)
-    assert actions.count(Action.SEND_INTERRUPT) <= 1
-    assert actions.count(Action.START_CLOCK) <= 1
-    assert actions.count(Action.SIGINT) <= 2
+    # One interrupt per delivery at most: a new one only after the last was delivered.
+    rounds = 1 + events.count(Event.DELIVERED)
+    assert actions.count(Action.SEND_INTERRUPT) <= rounds
+    assert actions.count(Action.START_CLOCK) == actions.count(Action.SEND_INTERRUPT)
+    assert actions.count(Action.SIGINT) <= 2 * rounds
     assert actions.count(Action.KILL_AND_RESPAWN) <= 1
     assert sum(a in RETURNS for a in actions) == (1 if phase is Phase.DONE else 0)
     if Action.SEND_INTERRUPT in actions:  # input is never asked after an interrupt
@@ -122,10 +124,13 @@ def test_an_interrupted_cell_always_ends_by_the_deadline(noise: list[Event]) -> 
 class FakeControl:
     """Records what the cell did, with the (virtual) time; reacts as a child would."""
 
-    def __init__(self, cell: Cell, *, ack: bool = False, obey_sigint: int = 0) -> None:
+    def __init__(
+        self, cell: Cell, *, ack: bool = False, obey_sigint: int = 0, deliver: bool = False
+    ) -> None:
         self.cell = cell
         self.log: list[tuple[float, str]] = []
         self._ack = ack
+        self._deliver = deliver  # each SIGINT raises KeyboardInterrupt in the cell
         self._obey_sigint = obey_sigint  # reply after this many SIGINTs (0: never)
         self.sigints = 0
 
@@ -140,6 +145,8 @@ class FakeControl:
     def sigint(self) -> None:
         self.sigints += 1
         self._note("sigint")
+        if self._deliver:
+            self.cell.post(Event.DELIVERED)
         if self.sigints == self._obey_sigint:
             self.cell.post(Event.REPLY, {"status": "error", "ename": "KeyboardInterrupt"})
 
@@ -226,6 +233,69 @@ async def test_acknowledged_stubborn_cell_is_killed_too(
     assert end is Action.RETURN_RESTARTED
     assert [w for _, w in control.log] == ["interrupt frame", "sigint", "sigint", "kill"]
     assert control.log[-1][0] - start == GRACE
+
+
+def test_a_delivered_interrupt_is_never_escalated_by_the_clock() -> None:
+    assert TABLE[Phase.INTERRUPTING, Event.DELIVERED] == (Phase.DELIVERED, ())
+    # After an ack the cell had its cancellation: one more KeyboardInterrupt may be
+    # swallowed too, so the clock goes on.
+    for phase in (Phase.ACKNOWLEDGED, Phase.LAST_CHANCE):
+        assert TABLE[phase, Event.DELIVERED] == (phase, ())
+    for event in (Event.HALF_TIME, Event.DEADLINE, Event.ACK, Event.DELIVERED):
+        assert TABLE[Phase.DELIVERED, event] == (Phase.DELIVERED, ())
+    assert TABLE[Phase.DELIVERED, Event.REPLY] == (Phase.DONE, (Action.RETURN_REPLY,))
+    assert TABLE[Phase.RUNNING, Event.DELIVERED] == (Phase.RUNNING, ())  # not our SIGINT
+
+
+def test_a_second_interrupt_after_delivery_starts_over() -> None:
+    actions, phase = _run([Event.INTERRUPT, Event.DELIVERED, Event.DEADLINE, Event.INTERRUPT])
+    assert phase is Phase.INTERRUPTING
+    assert actions[-3:] == [Action.SEND_INTERRUPT, Action.SIGINT, Action.START_CLOCK]
+
+
+async def test_slow_cleanup_after_a_delivered_interrupt_keeps_the_evaluator(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cell = Cell(1, GRACE)
+    control = FakeControl(cell, deliver=True)
+
+    async def cleanup_then_reply() -> None:
+        await trio.sleep(GRACE * 5)  # the cell's finally: far past the grace period
+        cell.post(Event.REPLY, {"status": "error", "ename": "KeyboardInterrupt"})
+
+    cell.interrupt()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cleanup_then_reply)
+        with trio.fail_after(60):
+            end, _ = await cell.run(control)
+    assert end is Action.RETURN_REPLY
+    assert [w for _, w in control.log] == ["interrupt frame", "sigint"]  # no kill
+
+
+async def test_a_second_interrupt_gets_a_fresh_grace_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cell = Cell(1, GRACE)
+    control = FakeControl(cell, deliver=True)
+    start = trio.current_time()
+    cell.interrupt()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_interrupt_again, cell, start + GRACE * 2)
+        with trio.fail_after(60):
+            end, _ = await cell.run(control)
+    # Delivered twice, never answered: only an interrupt not delivered in time kills, so
+    # this cell runs on (the second interrupt was delivered too) until the test's reply.
+    assert end is Action.RETURN_REPLY
+    times = [t - start for t, w in control.log if w == "interrupt frame"]
+    assert times == [0, GRACE * 2]
+    assert "kill" not in [w for _, w in control.log]
+
+
+async def _interrupt_again(cell: Cell, when: float) -> None:
+    await trio.sleep_until(when)
+    cell.interrupt()
+    await trio.sleep(GRACE * 3)  # past a grace period that a stale clock would end
+    cell.post(Event.REPLY, {"status": "error"})
 
 
 async def test_death_while_interrupted_returns_died(autojump_clock: trio.testing.MockClock) -> None:

@@ -172,6 +172,33 @@ async def test_escalation_kill_and_respawn(recorder: Recorder, child_env: dict[s
             assert ev.pid != old_pid
 
 
+async def test_slow_cleanup_after_the_interrupt_keeps_the_namespace(
+    recorder: Recorder, child_env: dict[str, str]
+) -> None:
+    # The interrupt reached the cell (KeyboardInterrupt in time.sleep), and its finally
+    # takes twice the grace period: that is the cell handling it, not a stuck evaluator.
+    with trio.fail_after(TIMEOUT):
+        async with open_subprocess_evaluator(recorder, env=child_env, grace_period=0.5) as ev:
+            await run(ev, "kept = 'yes'")
+            pid = ev.pid
+            code = (
+                "import time\n"
+                "try:\n"
+                "    print('started')\n"
+                "    time.sleep(60)\n"
+                "finally:\n"
+                "    time.sleep(1.0)\n"
+                "    print('cleaned up')"
+            )
+            reply, latency = await interrupt_when_started(ev, recorder, code)
+            assert reply["ename"] == "KeyboardInterrupt", reply
+            assert latency >= 1.0 and "cleaned up" in recorder.text()
+            assert ev.pid == pid and "namespace was reset" not in recorder.text("stderr")
+            recorder.clear()
+            await run(ev, "kept")
+            assert recorder.of_type("execute_result")[0]["data"]["text/plain"] == "'yes'"
+
+
 def _alive_soon(pid: int) -> bool:
     from .conftest import alive
 

@@ -23,6 +23,7 @@ from trikernel.evaluator.frames import (
     InputRequest,
     Interrupt,
     InterruptAck,
+    InterruptDelivered,
     Output,
     Ready,
     Reply,
@@ -89,6 +90,7 @@ STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "response": st.builds(Response, ids, objects),
     "input_request": st.builds(InputRequest, ids, texts, st.booleans()),
     "interrupt_ack": st.builds(InterruptAck, ids),
+    "interrupt_delivered": st.builds(InterruptDelivered, ids),
 }
 typed_frames = st.one_of(*STRATEGIES.values())
 
@@ -135,6 +137,7 @@ EXAMPLES = [
     Response(8, {"status": "ok", "matches": []}),
     InputRequest(10, "Password: ", True),
     InterruptAck(7),
+    InterruptDelivered(8),
 ]
 
 

@@ -55,8 +55,13 @@ class Cell:
             pass
 
     def interrupt(self) -> None:
-        """Sync, idempotent; before ``run`` started too."""
-        self._scope.cancel()
+        """Sync; before ``run`` started too. The first cancels the running part; a later
+        one is an ``INTERRUPT`` event of its own (after a delivered interrupt, it
+        interrupts again)."""
+        if self._scope.cancel_called:
+            self.post(Event.INTERRUPT)
+        else:
+            self._scope.cancel()
 
     async def run(self, control: CellControl) -> tuple[Action, Any]:
         """Until the cell ends: the ``RETURN_*`` action that ended it and its event's value."""
@@ -99,6 +104,7 @@ class Cell:
                 control.sigint()
             elif action is Action.START_CLOCK:
                 now = trio.current_time()
+                self._deadlines.clear()  # a new interrupt: the old clock is over
                 self._deadlines.extend(
                     [
                         (now + self.grace_period / 2, Event.HALF_TIME),

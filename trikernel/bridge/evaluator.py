@@ -20,7 +20,8 @@ for the ``Reply`` of its cell. Interrupt and escalation are ``bridge.cell``'s an
 ``bridge.escalation``'s: ``interrupt()`` cancels the running cell and the table
 decides the rest (interrupt frame and SIGINT at once; SIGINT again at half the
 grace period if acknowledged; kill and respawn at the grace period, with a
-stderr notice that the namespace was reset and an ``EvaluatorRestarted`` reply).
+stderr notice that the namespace was reset and an ``EvaluatorRestarted`` reply;
+no deadline once the evaluator said KeyboardInterrupt reached the cell's code).
 
 If the evaluator dies on its own (``os._exit``, a segfault, SIGKILL), a stderr
 notice says so, a new one is started, and a running cell's reply is an
@@ -120,6 +121,13 @@ class _Call:
         self.child = child
         self.done = trio.Event()
         self.content: dict[str, Any] | None = None
+
+
+_CELL_EVENTS: dict[type, Event] = {
+    frames.InputRequest: Event.INPUT,
+    frames.InterruptAck: Event.ACK,
+    frames.InterruptDelivered: Event.DELIVERED,
+}
 
 
 class _RunningCell(Cell):
@@ -290,10 +298,11 @@ class SubprocessEvaluator:
             if call is not None:
                 call.content = dict(frame.content)
                 call.done.set()
-        elif isinstance(frame, frames.InputRequest | frames.InterruptAck):
+        elif isinstance(
+            frame, frames.InputRequest | frames.InterruptAck | frames.InterruptDelivered
+        ):
             if cell is not None and cell.id == frame.id:
-                kind = Event.INPUT if isinstance(frame, frames.InputRequest) else Event.ACK
-                cell.post(kind, frame)
+                cell.post(_CELL_EVENTS[type(frame)], frame)
         elif isinstance(frame, frames.Ready):
             self._count = max(self._count, frame.execution_count - 1)
 

@@ -6,7 +6,8 @@ a malformed body is a ``RemoteProtocolError`` naming the frame and the field,
 never a ``KeyError`` deep in the bridge or the loop. Sans-IO, no trio.
 
 bridge -> evaluator: Execute, Interrupt, Request, InputReply, Comm, Shutdown.
-evaluator -> bridge: Ready, Output, Reply, Response, InputRequest, InterruptAck.
+evaluator -> bridge: Ready, Output, Reply, Response, InputRequest, InterruptAck,
+InterruptDelivered.
 
 Request ids (``id``) are chosen by the bridge, one sequence for every frame that
 waits for an answer. ``Output.request`` is the id of the request the output
@@ -30,6 +31,7 @@ from .protocol import (
     INPUT_REQUEST,
     INTERRUPT,
     INTERRUPT_ACK,
+    INTERRUPT_DELIVERED,
     OUTPUT,
     READY,
     REPLY,
@@ -52,6 +54,7 @@ __all__ = [
     "Response",
     "InputRequest",
     "InterruptAck",
+    "InterruptDelivered",
     "TypedFrame",
     "decode",
 ]
@@ -359,6 +362,22 @@ class InterruptAck:
         return cls(_get(frame, "id", int))
 
 
+@dataclass(frozen=True, slots=True)
+class InterruptDelivered:
+    """KeyboardInterrupt was raised in cell ``id``'s own code: whatever it does now
+    (its ``finally`` blocks, a slow cleanup) is its handling of the interrupt."""
+
+    KIND: ClassVar[str] = INTERRUPT_DELIVERED
+    id: int
+
+    def to_frame(self) -> Frame:
+        return Frame(self.KIND, {"id": self.id})
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> InterruptDelivered:
+        return cls(_get(frame, "id", int))
+
+
 TypedFrame: TypeAlias = (
     Execute
     | Interrupt
@@ -372,6 +391,7 @@ TypedFrame: TypeAlias = (
     | Response
     | InputRequest
     | InterruptAck
+    | InterruptDelivered
 )
 
 _CLASSES: dict[str, Any] = {
@@ -389,6 +409,7 @@ _CLASSES: dict[str, Any] = {
         Response,
         InputRequest,
         InterruptAck,
+        InterruptDelivered,
     )
 }
 

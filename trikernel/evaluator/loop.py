@@ -57,7 +57,9 @@ state when SIGINT arrives                      effect
 =============================================  =======================================
 no cell running                                nothing
 cell waiting in input()/getpass()              KeyboardInterrupt raised in the cell
-cell (or a task it started) runs user code     KeyboardInterrupt raised there
+cell (or a task it started) runs user code     KeyboardInterrupt raised there (and
+                                               ``interrupt_delivered`` sent: the bridge
+                                               no longer escalates, see bridge.escalation)
 cell task is inside trio or trikernel code     cell scope cancelled, and a deferred
                                                KeyboardInterrupt: raised when our code
                                                returns to the user's (after a print or
@@ -160,6 +162,8 @@ class _Cell:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     #: scope.cancel() was called (readable from any thread, unlike scope.cancel_called)
     cancel_requested: bool = False
+    #: KeyboardInterrupt was raised in its code (the bridge was told)
+    delivered: bool = False
 
 
 def _descends_from(task: trio.lowlevel.Task, ancestor: trio.lowlevel.Task) -> bool:
@@ -339,6 +343,7 @@ class EvaluatorLoop:
             if isinstance(frame, frames.InputReply):
                 answer = frame
             elif isinstance(frame, frames.Interrupt) and frame.id == cell.id:
+                self._delivered(cell)
                 raise KeyboardInterrupt
             else:
                 self._dispatch(frame)
@@ -354,6 +359,7 @@ class EvaluatorLoop:
         if cell is None:
             return
         if self._waiting_for_input:
+            self._delivered(cell)
             raise KeyboardInterrupt
         try:
             task = trio.lowlevel.current_task()
@@ -362,6 +368,7 @@ class EvaluatorLoop:
         if task is not None and _descends_from(task, cell.task):
             if frame is not None and not self._in_machinery(frame, task):
                 self._pending_interrupt = None
+                self._delivered(cell)
                 raise KeyboardInterrupt
             # In our own code: raise it when that code returns to the user's
             # (Outbox.safe_point), or when a re-sent SIGINT lands in user code.
@@ -383,7 +390,18 @@ class EvaluatorLoop:
             return
         if _descends_from(task, cell.task):
             self._pending_interrupt = None
+            self._delivered(cell)
             raise KeyboardInterrupt
+
+    def _delivered(self, cell: _Cell) -> None:
+        """Tell the bridge KeyboardInterrupt is raised in the cell's own code now: from
+        here on the cell is handling it, and it is not escalated (bridge.escalation).
+        Sent by a thread: this runs in a signal handler, which must not wait for the
+        outbox's lock (another thread may hold it through a big write)."""
+        if not cell.delivered:
+            cell.delivered = True
+            delivered = frames.InterruptDelivered(cell.id)
+            threading.Thread(target=self.pipe.send, args=(delivered,), daemon=True).start()
 
     def _in_machinery(self, frame: types.FrameType, task: trio.lowlevel.Task) -> bool:
         """Is the innermost running code ours or trio's (not safe to interrupt)?"""

@@ -45,6 +45,8 @@ evaluator -> bridge::
     response     {"id": int, "content": reply content}
     input_request {"id": int, "prompt": str, "password": bool}
     interrupt_ack {"id": int}                      the cell's cancel scope is cancelled
+    interrupt_delivered {"id": int}                KeyboardInterrupt was raised in the
+                                                   cell's own code: it is handling it
 
 ``fd_sync`` is how many end-of-cell markers the evaluator has written to its
 fd 1 and to its fd 2 so far: the bridge waits until it has read that many from
@@ -85,6 +87,7 @@ __all__ = [
     "RESPONSE",
     "INPUT_REQUEST",
     "INTERRUPT_ACK",
+    "INTERRUPT_DELIVERED",
 ]
 
 # bridge -> evaluator
@@ -101,6 +104,7 @@ REPLY = "reply"
 RESPONSE = "response"
 INPUT_REQUEST = "input_request"
 INTERRUPT_ACK = "interrupt_ack"
+INTERRUPT_DELIVERED = "interrupt_delivered"
 
 KINDS = frozenset(
     {
@@ -116,6 +120,7 @@ KINDS = frozenset(
         RESPONSE,
         INPUT_REQUEST,
         INTERRUPT_ACK,
+        INTERRUPT_DELIVERED,
     }
 )
 
