@@ -132,6 +132,18 @@ class ConnectionInfo:
         changes: dict[str, Any] = ports
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConnectionInfo:
+        """Validate a connection file's object (as ``read_connection_file`` does).
+
+        Raises:
+            ConnectionFileError: a bad or missing field (named), or CURVE keys.
+        """
+        try:
+            return _from_dict(dict(data))
+        except ValueError as exc:
+            raise ConnectionFileError(f"connection info: {exc}") from None
+
     def to_dict(self) -> dict[str, Any]:
         """The connection-file JSON object: the fields (``kernel_name`` only if set), then
         ``extra``'s keys."""

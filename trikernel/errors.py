@@ -7,6 +7,7 @@ TrikernelError
   ConnectionFileError        -- a connection file is missing, unreadable or invalid
   KernelSpecError            -- a kernel.json is not JSON or has a bad field (named)
   NoSuchKernel               -- no kernelspec of that name (``name``, ``known``)
+  SSHTunnelError             -- ssh exited or never got its forwards up (``returncode``)
   EvaluatorDied              -- the evaluator subprocess exited or was killed (``returncode``)
     EvaluatorRestarted       -- ... by us, after an interrupt it did not obey in time
   EvaluatorBusy              -- the evaluator refused a request (too many queued)
@@ -29,6 +30,7 @@ __all__ = [
     "ConnectionFileError",
     "KernelSpecError",
     "NoSuchKernel",
+    "SSHTunnelError",
     "EvaluatorDied",
     "EvaluatorRestarted",
     "EvaluatorBusy",
@@ -83,6 +85,16 @@ class NoSuchKernel(TrikernelError):
         super().__init__(f"no kernelspec named {name!r}; known kernelspecs: {listed}")
         self.name = name
         self.known = known
+
+
+class SSHTunnelError(TrikernelError):
+    """The ssh child of a tunnel exited before its forwards were up, or they never came
+    up in time. The message ends with the tail of ssh's stderr; ``returncode`` is its
+    exit status (None if it was still running and we killed it)."""
+
+    def __init__(self, msg: str, *, returncode: int | None = None) -> None:
+        super().__init__(msg)
+        self.returncode = returncode
 
 
 class EvaluatorDied(TrikernelError):
