@@ -19,10 +19,10 @@ from typing import Any
 
 import trio
 
-from .connection import ConnectionInfo
-from .errors import RemoteProtocolError
-from .messages import Message, Signer, new_header, new_id, parse, serialize
-from .zmtp.sockets import DealerSocket, ReqSocket, SubSocket
+from ..connection import ConnectionInfo
+from ..errors import RemoteProtocolError
+from ..messages import Message, Signer, new_header, new_id, parse, serialize
+from ..zmtp.sockets import DealerSocket, ReqSocket, SubSocket
 
 __all__ = ["KernelClient", "ExecuteResult", "open_client"]
 
