@@ -7,6 +7,7 @@ bare process launch with jupyter_client's rules.
 
 from ._client import ExecuteResult as ExecuteResult
 from ._client import KernelClient as KernelClient
+from ._client import KernelRestarted as KernelRestarted
 from ._client import open_client as open_client
 
-__all__ = ["ExecuteResult", "KernelClient", "open_client"]
+__all__ = ["ExecuteResult", "KernelClient", "KernelRestarted", "open_client"]
