@@ -5,6 +5,8 @@ TrikernelError
     LocalProtocolError       -- we (the caller) misused an API
     RemoteProtocolError      -- the peer broke the protocol; ``hint`` says what to answer
   ConnectionFileError        -- a connection file is missing, unreadable or invalid
+  KernelSpecError            -- a kernel.json is not JSON or has a bad field (named)
+  NoSuchKernel               -- no kernelspec of that name (``name``, ``known``)
   EvaluatorDied              -- the evaluator subprocess exited or was killed (``returncode``)
     EvaluatorRestarted       -- ... by us, after an interrupt it did not obey in time
   EvaluatorBusy              -- the evaluator refused a request (too many queued)
@@ -25,6 +27,8 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "ConnectionFileError",
+    "KernelSpecError",
+    "NoSuchKernel",
     "EvaluatorDied",
     "EvaluatorRestarted",
     "EvaluatorBusy",
@@ -61,6 +65,24 @@ class RemoteProtocolError(ProtocolError):
 
 class ConnectionFileError(TrikernelError):
     """A connection file is missing, unreadable, or has a bad field."""
+
+
+class KernelSpecError(TrikernelError):
+    """A kernelspec's kernel.json is unreadable, not JSON, or has a bad field."""
+
+
+class NoSuchKernel(TrikernelError):
+    """No kernelspec has this name. ``known`` lists the names that exist.
+
+    Unlike jupyter_client's, this is not a KeyError: ``str()`` is the message, not a
+    quoted key, and ``except KeyError`` around a dict lookup cannot swallow it.
+    """
+
+    def __init__(self, name: str, known: tuple[str, ...] = ()) -> None:
+        listed = ", ".join(known) if known else "none"
+        super().__init__(f"no kernelspec named {name!r}; known kernelspecs: {listed}")
+        self.name = name
+        self.known = known
 
 
 class EvaluatorDied(TrikernelError):
