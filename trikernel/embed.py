@@ -36,7 +36,7 @@ from .connection import (
     ConnectionInfo,
     default_runtime_dir,
     new_connection_info,
-    write_connection_file,
+    save_connection_file,
 )
 from .evaluator_api import EvaluatorFactory
 from .kernel import Kernel
@@ -199,7 +199,7 @@ async def serve_kernel(
         async with trio.open_nursery() as nursery:
             real: ConnectionInfo = await nursery.start(run_kernel)
             try:
-                write_connection_file(path, real)
+                save_connection_file(path, real)
                 written = True
                 handle = EmbeddedKernel(real, path, ns, kernel)
                 log.info("embedded trikernel is running. To attach:\n    %s", handle.attach_command)

@@ -16,7 +16,7 @@ from .connection import (
     default_runtime_dir,
     new_connection_info,
     read_connection_file,
-    write_connection_file,
+    save_connection_file,
 )
 from .errors import ConnectionFileError
 from .zmtp._listen import listen_socket, parse_url
@@ -112,7 +112,7 @@ async def _serve(kernel: Kernel, path: Path, requested: ConnectionInfo, announce
         if info != requested or announce:
             # Port 0 was resolved to real ports: write them back for the client.
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # it holds keys
-            write_connection_file(path, info)
+            save_connection_file(path, info)
         if announce:
             print(
                 f"trikernel is running. To attach:\n    jupyter console --existing {path}",

@@ -18,7 +18,7 @@ from .connection import (
     ConnectionInfo,
     new_connection_info,
     read_connection_file,
-    write_connection_file,
+    save_connection_file,
 )
 
 Check = Callable[[KernelClient], Awaitable[str | None]]
@@ -157,7 +157,7 @@ async def _run(results: list[bool]) -> None:
 
     with tempfile.TemporaryDirectory(prefix="trikernel-selftest-") as tmp:
         path = Path(tmp) / "kernel.json"
-        write_connection_file(path, new_connection_info())
+        save_connection_file(path, new_connection_info())
         start = time.perf_counter()
         process = subprocess.Popen(
             [sys.executable, "-m", "trikernel", "-f", str(path)], start_new_session=True

@@ -87,14 +87,14 @@ def test_ports_are_bound_before_trio_is_imported() -> None:
 def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     import socket
 
-    from trikernel.connection import new_connection_info, write_connection_file
+    from trikernel.connection import new_connection_info, save_connection_file
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         info = new_connection_info().with_ports(shell_port=port)
-        write_connection_file(tmp_path / "k.json", info)
+        save_connection_file(tmp_path / "k.json", info)
         cmd = [sys.executable, "-m", "trikernel", "-f", str(tmp_path / "k.json")]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
