@@ -44,18 +44,18 @@ from typing import Any
 
 import trio
 
-from ..connection import ConnectionInfo, new_connection_info, read_connection_file
+from ..connection import (
+    ConnectionInfo,
+    new_connection_info,
+    read_connection_file,
+    save_connection_file,
+)
 from ..errors import KernelDied
 from ..kernelspec import KernelSpec, get_kernel_spec
 from ..messages import Message, new_header
 from . import _ports
 from ._client import KernelClient
 from .launcher import launch_kernel
-
-try:  # connection-side renames the typed writer; accept both while it lands
-    from ..connection import save_connection_file  # type: ignore[attr-defined,unused-ignore]
-except ImportError:  # pragma: no cover
-    from ..connection import write_connection_file as save_connection_file
 
 __all__ = ["KernelManager", "KernelStartError", "open_kernel_manager", "run_kernel_manager"]
 
