@@ -526,11 +526,24 @@ async def open_kernel_manager(
 ) -> AsyncIterator[KernelManager]:
     """``async with open_kernel_manager("python3") as km:`` a started, ready kernel,
     shut down when the block exits. Options: the fields of :class:`ManagerOptions`."""
+    # Errors (of the start, or of the caller's block) are raised after the nursery has
+    # closed, so they arrive as themselves rather than inside an ExceptionGroup.
+    failure: Exception | None = None
     async with trio.open_nursery() as nursery:
-        km: KernelManager = await nursery.start(
-            lambda task_status: run_kernel_manager(kernel_name, task_status=task_status, **options)
-        )
         try:
-            yield km
-        finally:
-            await km.shutdown()
+            km: KernelManager = await nursery.start(
+                lambda task_status: run_kernel_manager(
+                    kernel_name, task_status=task_status, **options
+                )
+            )
+        except Exception as exc:
+            failure = exc
+        else:
+            try:
+                yield km
+            except Exception as exc:
+                failure = exc
+            finally:
+                await km.shutdown()
+    if failure is not None:
+        raise failure
