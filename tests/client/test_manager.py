@@ -193,3 +193,29 @@ async def test_jupyter_client_attaches() -> None:
             content = await trio.to_thread.run_sync(attach)
             assert content["status"] == "ok"
             assert (await km.client.execute("print(y)")).stdout() == "5\n"
+
+
+async def test_reserved_ports_for_a_kernel_that_binds_what_it_is_given() -> None:
+    with trio.fail_after(30):
+        async with open_kernel_manager("trikernel", quiet=True, bind_port0=False) as km:
+            ports = _ports(km)
+            assert all(ports) and set(ports) <= _reserved_now()
+            assert (await km.client.execute("print(3)")).stdout() == "3\n"
+        assert not set(ports) & _reserved_now()
+
+
+def _reserved_now() -> set[int]:
+    from trikernel.client import _ports as ports_module
+
+    return set(ports_module._reserved)
+
+
+async def test_a_pending_request_fails_with_kernel_restarted() -> None:
+    from trikernel.client import KernelRestarted
+
+    with trio.fail_after(30):
+        async with open_kernel_manager("trikernel", quiet=True) as km:
+            msg = await km.client.submit("import time; time.sleep(60)")
+            await km.restart(now=True)
+            with pytest.raises(KernelRestarted):
+                await km.client.reply_to(msg.msg_id, timeout=5)

@@ -68,6 +68,9 @@ def reserve_ports(ip: str, count: int = len(PORT_FIELDS)) -> list[int]:
         while len(ports) < count:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listeners.append(listener)
+            # Linux lets a later bind reuse a TIME_WAIT port only if both sockets set
+            # SO_REUSEADDR: the kernel's does (libzmq, trikernel), so must ours.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((host, 0))
             port = listener.getsockname()[1]
             if port not in _reserved:
